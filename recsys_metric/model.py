@@ -1,0 +1,60 @@
+"""User and item embedding tables in one Euclidean space; a user sits near the items they like."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def squared_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Row-wise squared Euclidean distance (broadcasting over leading dims)."""
+    return (x - y).pow(2).sum(-1)
+
+
+def pairwise_squared_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[a, d] x [b, d] -> [a, b]`` squared distances via one matmul (clamped: rounding can dip
+    below zero)."""
+    d = x.pow(2).sum(1, keepdim=True) - 2.0 * x @ y.T + y.pow(2).sum(1)
+    return d.clamp_(min=0.0)
+
+
+class CML(nn.Module):
+    """Collaborative metric learning tables: score = minus the squared distance.
+
+    Rows are kept inside the ball of radius ``clip_norm`` (the CML paper's regulariser in place
+    of L2 weight decay); :meth:`clip_` is called after every optimiser step.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int, clip_norm: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.clip_norm = clip_norm
+        # Sparse gradients: a batch touches a few thousand rows of tables that may hold millions.
+        self.users = nn.Embedding(n_users, dim, sparse=True)
+        self.items = nn.Embedding(n_items, dim, sparse=True)
+        with torch.no_grad():
+            for table in (self.users, self.items):
+                table.weight.normal_(0.0, dim ** -0.5, generator=generator)
+        self.clip_()
+
+    def distance(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return squared_distance(self.users(users), self.items(items))
+
+    @torch.no_grad()
+    def clip_(self, *rows: tuple[nn.Embedding, torch.Tensor]) -> None:
+        """Project rows onto the ball; all rows when none are given."""
+        if self.clip_norm <= 0:
+            return
+        targets = rows or ((self.users, None), (self.items, None))
+        for table, idx in targets:
+            w = table.weight if idx is None else table.weight[idx]
+            w = w.renorm(2, 0, self.clip_norm)
+            if idx is None:
+                table.weight.copy_(w)
+            else:
+                table.weight[idx] = w
+
+    @torch.no_grad()
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for the given users, ``[b, n_items]``, higher is closer."""
+        return -pairwise_squared_distance(self.users.weight[users], self.items.weight)

@@ -1,0 +1,65 @@
+"""Seeded train/test splits over the same id maps. A test pair never appears in train."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import Interactions
+
+
+def _entry_users(inter: Interactions) -> np.ndarray:
+    return np.repeat(np.arange(inter.n_users), np.diff(inter.matrix.indptr))
+
+
+def _split(inter: Interactions, test_mask: np.ndarray) -> tuple[Interactions, Interactions]:
+    return inter.subset(~test_mask), inter.subset(test_mask)
+
+
+def leave_last_out(inter: Interactions) -> tuple[Interactions, Interactions]:
+    """Each user's latest interaction is the test item (DESIGN.md protocol).
+
+    Latest by timestamp, ties broken by the later row in the file (file order alone when there are
+    no timestamps). Users with a single interaction stay train-only.
+    """
+    users = _entry_users(inter)
+    ts = inter.timestamps if inter.timestamps is not None else np.zeros(inter.nnz)
+    order = np.lexsort((inter.rows, ts, users))  # by user, then time, then file row
+    last = order[np.r_[users[order][1:] != users[order][:-1], True]]
+    deg = np.diff(inter.matrix.indptr)
+    test = np.zeros(inter.nnz, dtype=bool)
+    test[last[deg[users[last]] >= 2]] = True
+    return _split(inter, test)
+
+
+def random_holdout(inter: Interactions, fraction: float = 0.2, seed: int = 0
+                   ) -> tuple[Interactions, Interactions]:
+    """Hold out ``round(fraction * degree)`` random interactions of each user, keeping at least one
+    in train (users with one interaction stay train-only)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    users = _entry_users(inter)
+    deg = np.diff(inter.matrix.indptr)
+    n_test = np.minimum(np.round(fraction * deg).astype(np.int64), np.maximum(deg - 1, 0))
+    # A random rank within each user's row; the n_test lowest ranks go to test.
+    order = np.lexsort((rng.random(inter.nnz), users))
+    rank = np.empty(inter.nnz, dtype=np.int64)
+    rank[order] = np.arange(inter.nnz) - inter.matrix.indptr[users[order]]
+    return _split(inter, rank < n_test[users])
+
+
+def temporal(inter: Interactions, cut: float = 0.8) -> tuple[Interactions, Interactions]:
+    """One global cut in time: interactions after it are test.
+
+    ``cut`` in (0, 1) is a quantile of the timestamps; a larger number is a timestamp itself.
+    Test pairs whose user or item has no train interaction stay in test; evaluation counts them.
+    """
+    if inter.timestamps is None:
+        raise ValueError(f"{inter.source}: temporal split needs a timestamp column")
+    at = float(np.quantile(inter.timestamps, cut)) if 0.0 < cut < 1.0 else float(cut)
+    return _split(inter, inter.timestamps > at)
+
+
+def validation_split(train: Interactions) -> tuple[Interactions, Interactions]:
+    """Carve a validation split from train for early stopping and tuning (never the test split)."""
+    return leave_last_out(train)

@@ -1,0 +1,236 @@
+"""The training loop: hardest-of-U negatives, WARP-weighted triplet loss, Adagrad, unit-ball clip.
+
+Two loops with the same semantics (loss, sampler, clipping, Adagrad):
+
+- the torch loop, on any device: per batch the sampler picks negatives under ``no_grad`` (the fused
+  Triton kernel on CUDA), autograd computes the batch loss, a sparse Adagrad step updates the rows;
+- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu.train_epoch`): negatives are drawn
+  in parallel per block of pairs, then the triplets are applied one by one, deterministically
+  whatever the thread count. Used on CPU for the default config (Adagrad, no covariance term).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from . import sampling
+from .device import resolve_device
+from .losses import CovarianceLoss, TripletLoss
+from .model import CML
+
+OPTIMIZERS = ("adagrad", "adam", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of CML training (defaults chosen on validation splits carved from train,
+    see ``experiments/results/defaults.md``)."""
+
+    dim: int = 64
+    margin: float = 0.5
+    n_negatives: int = 20  # U: candidates drawn per (user, positive) pair; the hardest is used
+    epochs: int = 30
+    batch_size: int = 4096
+    lr: float = 0.1
+    optimizer: str = "adagrad"
+    rank_weight: bool = True  # WARP weight log(1 + floor(n_items * violators / U))
+    clip_norm: float = 1.0  # rows live in this ball; <= 0 disables clipping
+    cov_weight: float = 0.0  # CML's covariance regulariser (torch loop only)
+    seed: int = 0
+    device: str = "auto"
+    backend: str = "auto"  # sampler / loop: auto | torch | triton | cpu
+    patience: int = 0  # > 0: early stopping on validation NDCG@10, then refit on all of train
+
+    def validate(self) -> TrainConfig:
+        ints = {"dim": 1, "n_negatives": 1, "epochs": 1, "batch_size": 1, "patience": 0}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        for name in ("margin", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.cov_weight < 0:
+            raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        sampling.resolve_backend(self.backend, torch.device("cpu"))  # raises on unknown names
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**d).validate()
+
+
+@dataclass
+class TrainResult:
+    user_embeddings: np.ndarray
+    item_embeddings: np.ndarray
+    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    best_epoch: int | None = None
+    seconds: float = 0.0
+    loop: str = ""
+
+
+class _Scorer:
+    """Adapter for :func:`recsys_metric.evaluation.evaluate_ranking`."""
+
+    def __init__(self, model: CML) -> None:
+        self.model = model
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        dev = self.model.users.weight.device
+        return self.model.scores(torch.as_tensor(user_idx, device=dev)).cpu().numpy()
+
+
+Callback = Callable[[int, dict], bool | None]
+
+
+class Trainer:
+    """Fits a :class:`CML` model to a users x items CSR matrix of positives.
+
+    ``callbacks`` are called after each epoch as ``cb(epoch, logs)``; returning True stops.
+    """
+
+    def __init__(self, config: TrainConfig | None = None, callbacks: Sequence[Callback] = (),
+                 show_progress: bool = True) -> None:
+        self.config = (config or TrainConfig()).validate()
+        self.callbacks = list(callbacks)
+        self.show_progress = show_progress
+
+    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> TrainResult:
+        cfg = self.config
+        n_users, n_items = train.shape
+        sampling.reference.check_catalogue(n_items)
+        if train.nnz == 0:
+            raise ValueError("no training interactions")
+        train = train.tocsr()
+        train.sort_indices()
+        dev = resolve_device(cfg.device)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        model = CML(n_users, n_items, cfg.dim, cfg.clip_norm, generator=gen).to(dev)
+        backend = sampling.resolve_backend(cfg.backend, dev)
+        fused_cpu = backend == "cpu" and cfg.optimizer == "adagrad" and cfg.cov_weight == 0
+        epoch_fn = (self._fused_cpu_epoch if fused_cpu else self._torch_epoch)(
+            model, train, backend)
+
+        result = TrainResult(np.empty(0), np.empty(0), loop="fused-cpu" if fused_cpu
+                             else f"torch+{backend}")
+        best, best_state, waited = -1.0, None, 0
+        t0 = time.perf_counter()
+        bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not self.show_progress)
+        for epoch in bar:
+            t = time.perf_counter()
+            loss, active = epoch_fn(epoch)
+            secs = time.perf_counter() - t
+            logs = {"epoch": epoch + 1, "loss": loss, "active": active, "seconds": secs,
+                    "triplets_per_s": train.nnz / max(secs, 1e-9)}
+            if valid is not None and valid.nnz:
+                from .evaluation import evaluate_ranking
+                m = evaluate_ranking(_Scorer(model), train, valid, k=(10,))
+                logs["val_NDCG@10"], logs["val_HR@10"] = m["NDCG@10"], m["HR@10"]
+                if m["NDCG@10"] > best:
+                    best, waited, result.best_epoch = m["NDCG@10"], 0, epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    waited += 1
+            result.history.append(logs)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
+                             if k in ("loss", "triplets_per_s", "val_NDCG@10")})
+            stop = any(cb(epoch + 1, logs) for cb in self.callbacks)
+            if stop or (cfg.patience and waited >= cfg.patience):
+                break
+        if cfg.patience and best_state is not None:
+            model.load_state_dict(best_state)
+        result.seconds = time.perf_counter() - t0
+        result.user_embeddings = model.users.weight.detach().cpu().numpy().copy()
+        result.item_embeddings = model.items.weight.detach().cpu().numpy().copy()
+        return result
+
+    # -- the two loops ---------------------------------------------------------------------------
+
+    def _pairs(self, train: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        users = np.repeat(np.arange(train.shape[0], dtype=np.int32), np.diff(train.indptr))
+        return users, train.indices.astype(np.int32)
+
+    def _permutation(self, nnz: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng((self.config.seed, epoch)).permutation(nnz)
+
+    def _fused_cpu_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
+        from .sampling import cpu
+
+        cfg = self.config
+        pair_users, pair_items = self._pairs(train)
+        indptr, indices = train.indptr.astype(np.int64), train.indices.astype(np.int32)
+        # numpy views share memory with the torch tables: the kernel updates them in place.
+        user_emb, item_emb = model.users.weight.data.numpy(), model.items.weight.data.numpy()
+        user_acc, item_acc = np.zeros_like(user_emb), np.zeros_like(item_emb)
+
+        def run(epoch: int) -> tuple[float, int]:
+            perm = self._permutation(train.nnz, epoch)
+            loss_sum, active = cpu.train_epoch(
+                indptr, indices, pair_users[perm], pair_items[perm], user_emb, item_emb,
+                user_acc, item_acc, n_candidates=cfg.n_negatives, margin=cfg.margin, lr=cfg.lr,
+                rank_weight=cfg.rank_weight, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch)
+            return loss_sum / train.nnz, int(active)
+
+        return run
+
+    def _torch_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
+        cfg = self.config
+        dev = model.users.weight.device
+        pair_users, pair_items = (torch.as_tensor(a, device=dev) for a in self._pairs(train))
+        indptr = torch.as_tensor(train.indptr.astype(np.int64), device=dev)
+        indices = torch.as_tensor(train.indices.astype(np.int32), device=dev)
+        n_items = train.shape[1]
+        triplet = TripletLoss(cfg.margin, n_items if cfg.rank_weight else None)
+        cov = CovarianceLoss()
+        params = model.parameters()
+        opt = (torch.optim.Adagrad(params, lr=cfg.lr) if cfg.optimizer == "adagrad"
+               else torch.optim.SparseAdam(params, lr=cfg.lr) if cfg.optimizer == "adam"
+               else torch.optim.SGD(params, lr=cfg.lr))
+        n_steps = -(-train.nnz // cfg.batch_size)
+
+        def run(epoch: int) -> tuple[float, int]:
+            perm = torch.as_tensor(self._permutation(train.nnz, epoch), device=dev)
+            total = torch.zeros((), device=dev)
+            active = torch.zeros((), dtype=torch.long, device=dev)
+            for step in range(n_steps):
+                idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                u, p = pair_users[idx], pair_items[idx]
+                neg, viol = sampling.hardest_negatives(
+                    indptr, indices, u, p, model.users.weight.detach(),
+                    model.items.weight.detach(), cfg.n_negatives, cfg.margin, cfg.seed,
+                    epoch * n_steps + step, backend=backend)
+                ok = neg >= 0  # a user who has every item has no negative
+                u, p, neg, viol = u[ok], p[ok], neg[ok], viol[ok]
+                d_pos, d_neg = model.distance(u, p), model.distance(u, neg)
+                loss = triplet(d_pos, d_neg, viol, cfg.n_negatives)
+                if cfg.cov_weight:
+                    rows = torch.cat([model.users(u), model.items(p), model.items(neg)])
+                    loss = loss + cfg.cov_weight * cov(rows)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                model.clip_((model.users, u), (model.items, torch.cat([p, neg])))
+                # Accumulate on device: .item() here would be a CPU-GPU sync every step.
+                total += loss.detach() * len(u)
+                active += (cfg.margin + d_pos.detach() - d_neg.detach() > 0).sum()
+            return float(total) / train.nnz, int(active)
+
+        return run
