@@ -157,10 +157,19 @@ def _error(path: Path, msg: str) -> ValueError:
     return ValueError(f"{path}: {msg}")
 
 
-def _sniff(path: Path) -> tuple[str, bool]:
-    """Guess the separator and whether the first line is a header."""
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _sniff(path: Path, names_given: bool = False) -> tuple[str, bool]:
+    """Guess the separator, and whether the first line is a header: it names a known column,
+    columns were named by the caller, or a field is text where the next line has a number."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline().strip()
+        first, second = f.readline().strip(), f.readline().strip()
     if not first:
         raise _error(path, "file is empty")
     for sep in ("::", "\t", ",", ";", "|"):
@@ -168,14 +177,19 @@ def _sniff(path: Path) -> tuple[str, bool]:
             break
     else:
         sep = r"\s+"
-    fields = first.split(sep) if sep != r"\s+" else first.split()
-    header = any(f.strip().strip('"').lower() in
-                 USER_NAMES + ITEM_NAMES + RATING_NAMES + TIME_NAMES + TITLE_NAMES + ("id",)
-                 for f in fields)
+
+    def fields(line: str) -> list[str]:
+        return [x.strip().strip('"') for x in (line.split() if sep == r"\s+" else line.split(sep))]
+
+    known = USER_NAMES + ITEM_NAMES + RATING_NAMES + TIME_NAMES + TITLE_NAMES + ("id",)
+    head, nxt = fields(first), fields(second)
+    header = (names_given or any(f.lower() in known for f in head)
+              or any(not _is_number(a) and _is_number(b) for a, b in zip(head, nxt)))
     return sep, header
 
 
-def _read_table(path: Path, sep: str | None) -> tuple[pd.DataFrame, int]:
+def _read_table(path: Path, sep: str | None, names_given: bool = False
+                ) -> tuple[pd.DataFrame, int]:
     """Read every column as text; returns the frame and the file line of data row 0 (1-based)."""
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
@@ -183,7 +197,7 @@ def _read_table(path: Path, sep: str | None) -> tuple[pd.DataFrame, int]:
         except Exception as e:  # pyarrow raises many types for a corrupt file
             raise _error(path, f"cannot read Parquet: {e}") from None
         return df, 1
-    sniffed, header = _sniff(path)
+    sniffed, header = _sniff(path, names_given)
     sep = sep or sniffed
     kw = dict(dtype=str, keep_default_na=False, header=0 if header else None)
     try:
@@ -229,7 +243,8 @@ def _numeric(path: Path, df: pd.DataFrame, col: str, first_line: int, allow_date
     if bad.any() and allow_dates and bad.all():
         dates = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
         if dates.notna().all():
-            return (dates.astype("int64") // 10**9).to_numpy(np.float64)
+            epoch = pd.Timestamp(0, tz="UTC")  # unit-agnostic: pandas 3 may parse to seconds
+            return ((dates - epoch) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
         bad = dates.isna().to_numpy()
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
@@ -266,7 +281,8 @@ def read_ratings(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    df, first_line = _read_table(path, sep)
+    names_given = any(c is not None for c in (user_col, item_col, rating_col, time_col))
+    df, first_line = _read_table(path, sep, names_given)
     if len(df) == 0:
         raise _error(path, "no data rows")
     ucol = _find_column(path, df, user_col, USER_NAMES, "user", True)

@@ -12,6 +12,7 @@ Two loops with the same semantics (loss, sampler, clipping, Adagrad):
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -26,6 +27,8 @@ from .losses import CovarianceLoss, TripletLoss
 from .model import CML
 
 OPTIMIZERS = ("adagrad", "adam", "sgd")
+# torch's sparse Adagrad warns on every construction of its internal sparse tensors.
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 @dataclass

@@ -1,0 +1,246 @@
+"""Peer models behind one interface: ``fit(train) -> self`` and ``score_users(user_idx)``.
+
+``Popularity`` scores items by their number of train interactions. ``ALS`` and ``BPR`` wrap the
+CPU models of `implicit <https://github.com/benfred/implicit>`_ 0.7 with its own default
+hyper-parameters; implicit is imported lazily inside ``fit`` so this module imports without it.
+Every model can be evaluated by :func:`recsys_metric.evaluation.evaluate_ranking`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def _check_train(train: Any, who: str) -> sp.csr_matrix:
+    if not sp.issparse(train) or train.ndim != 2:
+        raise ValueError(f"{who}.fit: train must be a 2-D scipy.sparse matrix (users x items)")
+    train = sp.csr_matrix(train, dtype=np.float32)
+    train.sort_indices()
+    return train
+
+
+class Baseline:
+    """Shared plumbing: hyper-parameter introspection, input checks, ``recommend``."""
+
+    n_users_: int
+    n_items_: int
+    fit_seconds_: float
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters as given to ``__init__`` (sklearn style), e.g. for JSON reports."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _users(self, user_idx: Any) -> np.ndarray:
+        if not hasattr(self, "fit_seconds_"):
+            raise ValueError(f"{type(self).__name__}: call fit() before scoring")
+        idx = np.asarray(user_idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_users_):
+            raise ValueError(
+                f"{type(self).__name__}: user index out of range [0, {self.n_users_})"
+            )
+        return idx
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        """Scores of every item for each user, float32 ``[len(user_idx), n_items]``."""
+        raise NotImplementedError
+
+    def recommend(
+        self,
+        userid: int | np.ndarray,
+        user_items: sp.csr_matrix | None = None,
+        N: int = 10,
+        filter_already_liked_items: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``N`` items, best first, following implicit's ``recommend`` naming.
+
+        Parameters
+        ----------
+        userid : int or array of int
+        user_items : csr_matrix, optional
+            Rows of the user-item matrix for ``userid`` (one row per requested user), needed
+            when ``filter_already_liked_items`` is true.
+        N : int
+        filter_already_liked_items : bool
+
+        Returns
+        -------
+        (ids, scores) : int64 and float32 arrays, shape ``[N]`` for one user, ``[b, N]`` for many.
+        """
+        single = np.ndim(userid) == 0
+        idx = self._users(userid)
+        scores = self.score_users(idx).copy()
+        if filter_already_liked_items:
+            if user_items is None:
+                raise ValueError("recommend: user_items is required to filter liked items")
+            liked = sp.csr_matrix(user_items)
+            if liked.shape != (len(idx), self.n_items_):
+                raise ValueError(
+                    f"recommend: user_items has shape {liked.shape}, "
+                    f"expected {(len(idx), self.n_items_)} (one row per user)"
+                )
+            rows = np.repeat(np.arange(len(idx)), np.diff(liked.indptr))
+            scores[rows, liked.indices] = -np.inf
+        n = min(int(N), self.n_items_)
+        # Stable sort: ties go to the lower item index, as in evaluate_ranking.
+        ids = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+        top = np.take_along_axis(scores, ids, 1)
+        return (ids[0], top[0]) if single else (ids, top)
+
+
+class Popularity(Baseline):
+    """Non-personalised baseline: an item's score is its number of train interactions."""
+
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, train: sp.csr_matrix) -> Popularity:
+        """Count the users of each item (stored entries; values are ignored)."""
+        t0 = time.perf_counter()
+        train = _check_train(train, "Popularity")
+        self.n_users_, self.n_items_ = train.shape
+        self.item_counts_ = np.bincount(train.indices, minlength=self.n_items_).astype(np.float32)
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        idx = self._users(user_idx)
+        return np.broadcast_to(self.item_counts_, (len(idx), self.n_items_)).copy()
+
+
+class _ImplicitMF(Baseline):
+    """Common fit / score for implicit's CPU matrix-factorisation models."""
+
+    def _implicit_model(self) -> tuple[type, dict[str, Any]]:  # (lazily imported class, kwargs)
+        raise NotImplementedError
+
+    def fit(self, train: sp.csr_matrix) -> _ImplicitMF:
+        """Fit on the user x item CSR ``train`` (values are confidences for ALS)."""
+        from threadpoolctl import threadpool_limits
+
+        train = _check_train(train, type(self).__name__)
+        t0 = time.perf_counter()
+        # Import first: importing implicit loads scipy's own OpenBLAS, which a limit entered
+        # earlier would miss. implicit warns (already in the model's __init__) unless BLAS is
+        # single-threaded; its own C++ loops do the parallel work.
+        cls, kwargs = self._implicit_model()
+        with threadpool_limits(1, "blas"):
+            model = cls(**kwargs)
+            model.fit(train, show_progress=self.show_progress)
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.model_ = model
+        self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
+        self.n_users_, self.n_items_ = train.shape
+        return self
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        idx = self._users(user_idx)
+        return self.user_factors_[idx] @ self.item_factors_.T
+
+
+class ALS(_ImplicitMF):
+    """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) via ``implicit.cpu.als``.
+
+    Defaults are implicit 0.7.3's own. ``seed`` is passed as ``random_state``; ``num_threads=0``
+    uses every core. Train values are confidences (scaled by ``alpha``): pass a binary matrix
+    for plain implicit feedback.
+    """
+
+    def __init__(
+        self,
+        factors: int = 100,
+        regularization: float = 0.01,
+        alpha: float = 1.0,
+        iterations: int = 15,
+        seed: int | None = None,
+        num_threads: int = 0,
+        show_progress: bool = False,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.seed = seed
+        self.num_threads = num_threads
+        self.show_progress = show_progress
+
+    def _implicit_model(self) -> tuple[type, dict[str, Any]]:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        return AlternatingLeastSquares, dict(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            random_state=self.seed,
+            num_threads=self.num_threads,
+        )
+
+
+class BPR(_ImplicitMF):
+    """Bayesian Personalized Ranking (Rendle et al. 2009) via ``implicit.cpu.bpr``.
+
+    Defaults are implicit 0.7.3's own. implicit appends an item-bias column: the fitted
+    ``item_factors_`` have ``factors + 1`` columns and the users' last column is 1. Training is
+    Hogwild SGD, so results are reproducible from ``seed`` only with ``num_threads=1``.
+    """
+
+    def __init__(
+        self,
+        factors: int = 100,
+        learning_rate: float = 0.01,
+        regularization: float = 0.01,
+        iterations: int = 100,
+        verify_negative_samples: bool = True,
+        seed: int | None = None,
+        num_threads: int = 0,
+        show_progress: bool = False,
+    ) -> None:
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.regularization = regularization
+        self.iterations = iterations
+        self.verify_negative_samples = verify_negative_samples
+        self.seed = seed
+        self.num_threads = num_threads
+        self.show_progress = show_progress
+
+    def _implicit_model(self) -> tuple[type, dict[str, Any]]:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        return BayesianPersonalizedRanking, dict(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            verify_negative_samples=self.verify_negative_samples,
+            random_state=self.seed,
+            num_threads=self.num_threads,
+        )
+
+
+BASELINES: dict[str, type[Baseline]] = {"popularity": Popularity, "als": ALS, "bpr": BPR}
+
+
+def make_baseline(name: str, **params: Any) -> Baseline:
+    """Build a baseline by name (``"popularity"``, ``"als"``, ``"bpr"``; case-insensitive).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the valid ones.
+    """
+    cls = BASELINES.get(str(name).lower())
+    if cls is None:
+        raise ValueError(f"unknown baseline {name!r}; valid names: {', '.join(sorted(BASELINES))}")
+    return cls(**params)

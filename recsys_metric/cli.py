@@ -1,0 +1,242 @@
+"""``recsys-metric``: train | recommend | similar | evaluate | demo.
+
+A user's mistake (bad file, unknown id, bad argument) prints one line on stderr and exits 2;
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .data import read_item_names, read_ratings
+from .train import TrainConfig
+
+# Flags that map one-to-one onto TrainConfig fields.
+TRAIN_FLAGS = {
+    "dim": int, "margin": float, "n_negatives": int, "epochs": int, "batch_size": int,
+    "lr": float, "optimizer": str, "clip_norm": float, "cov_weight": float, "seed": int,
+    "device": str, "backend": str, "patience": int,
+}
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ratings", help="ratings file: CSV/TSV with or without header, '::', Parquet")
+    p.add_argument("--user-col"), p.add_argument("--item-col")
+    p.add_argument("--rating-col"), p.add_argument("--time-col")
+    p.add_argument("--sep", help="field separator (sniffed when omitted)")
+    p.add_argument("--min-rating", type=float,
+                   help="keep only rows rated at least this (default: every row counts)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (defaults: TrainConfig)")
+    g.add_argument("--config", help="JSON file of TrainConfig fields; flags below override it")
+    for name, typ in TRAIN_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name)
+    g.add_argument("--no-rank-weight", action="store_true", help="plain hinge, no WARP weight")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    values = {}
+    if args.config:
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{args.config}: cannot read config: {e}") from None
+        values = values.get("config", values)  # accept a saved model's config.json too
+        if not isinstance(values, dict):
+            raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields")
+    values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
+    if args.no_rank_weight:
+        values["rank_weight"] = False
+    return TrainConfig.from_dict(values) if values else TrainConfig().validate()
+
+
+def _read(args: argparse.Namespace):
+    return read_ratings(args.ratings, args.user_col, args.item_col, args.rating_col,
+                        args.time_col, args.sep, args.min_rating)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recommender import Recommender
+
+    config = _config(args)
+    data = _read(args)
+    if args.items:
+        data.item_names = read_item_names(args.items)
+    model = Recommender(config, index=args.index).fit(data, show_progress=not args.quiet)
+    model.save(args.out)
+    last = model.history_[-1] if model.history_ else {}
+    print(f"trained on {data.nnz} interactions ({data.n_users} users, {data.n_items} items) in "
+          f"{model.fit_seconds_:.1f} s [{model.training_loop_}], final loss "
+          f"{last.get('loss', float('nan')):.4f}; index {model.index_kind_} "
+          f"(recall@10 {model.index_recall_:.3f}); saved to {args.out}")
+    return 0
+
+
+def _print_items(model, ids, scores, as_json: bool, key: str, raw: str) -> None:
+    items = [{"item": str(i), "score": float(s)} for i, s in zip(ids, scores, strict=True)]
+    for it in items:
+        name = model.item_name(it["item"])
+        if name is not None:
+            it["name"] = name
+    if as_json:
+        print(json.dumps({key: str(raw), "items": items}, ensure_ascii=False))
+        return
+    for rank, it in enumerate(items, 1):
+        print(f"{rank:3d}. {it['item']:>10}  {it['score']:+.4f}  {it.get('name', '')}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from .recommender import Recommender
+
+    model = Recommender.load(args.model)
+    ids, scores = model.recommend(args.user, N=args.k,
+                                  filter_already_liked_items=not args.keep_liked)
+    _print_items(model, ids, scores, args.json, "user", args.user)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from .recommender import Recommender
+
+    model = Recommender.load(args.model)
+    ids, scores = model.similar_items(args.item, N=args.k)
+    _print_items(model, ids, scores, args.json, "item", args.item)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .compare import format_table, parse_models, run_comparison
+
+    models = parse_models(args.models)
+    config = _config(args)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's ALS warns otherwise
+    data = _read(args)
+    result = run_comparison(data, args.protocol, models, args.k, config, config.seed,
+                            dataset=args.ratings, show_progress=not args.quiet)
+    s = result["split"]
+    print(f"{args.ratings}: {args.protocol}, {s['users']} users, {s['items']} items, "
+          f"train {s['train']}, test {s['test']} ({s['test_users']} users); full ranking, "
+          "train items excluded")
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .compare import format_table, run_comparison
+    from .recommender import Recommender
+
+    ratings, items = BUNDLED / "ratings.csv", BUNDLED / "items.csv"
+    if not ratings.is_file():
+        raise ValueError(f"{ratings}: the bundled dataset is missing (run from a source checkout)")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    data = read_ratings(ratings)
+    data.item_names = read_item_names(items)
+    genres = dict(zip(*_columns(items, "item_id", "genre"), strict=True))
+    print(f"== Training CML on the bundled books dataset: {data}")
+    model = Recommender().fit(data, show_progress=not args.quiet)
+    out = Path(args.out)
+    model.save(out)
+    print(f"   {model.fit_seconds_:.1f} s, saved to {out}\n")
+    for user in data.users.ids[:3]:
+        liked = data.items.raw(data.matrix[data.users.index(user)].indices)
+        top = sorted({genres[i] for i in liked}, key=lambda g: -sum(genres[i] == g for i in liked))
+        print(f"== Top 10 for user {user} (reads mostly {', '.join(top[:3])}):")
+        ids, scores = model.recommend(user, N=10)
+        for r, (i, s) in enumerate(zip(ids, scores, strict=True), 1):
+            print(f"{r:3d}. {model.item_name(i):<45} {genres[i]:<16} {s:+.3f}")
+        print()
+    print("== Offline evaluation: leave-last-out, full ranking, same split for every model")
+    result = run_comparison(data, "leave-last-out", ("cml", "popularity", "als", "bpr"), (10,),
+                            dataset="bundled books", show_progress=False)
+    print(format_table(result))
+    print(f"\nNext: recsys-metric recommend {out} --user {data.users.ids[0]} -k 10")
+    return 0
+
+
+def _columns(path: Path, *names: str):
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype=str)
+    return [df[n].tolist() for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="recsys-metric", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a CML model on a ratings file")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--items", help="item catalogue with names (items.csv, movies.csv, u.item)")
+    p.add_argument("--index", default="auto", choices=("auto", "exact", "annoy"))
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    for name, what, func in (("recommend", "user", cmd_recommend),
+                             ("similar", "item", cmd_similar)):
+        p = sub.add_parser(name, help=f"top-k items for a {what} id")
+        p.add_argument("model", help="model directory written by 'train'")
+        p.add_argument(f"--{what}", required=True, help=f"raw {what} id, as in the ratings file")
+        p.add_argument("-k", type=_positive, default=10, help="how many items (default 10)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        if what == "user":
+            p.add_argument("--keep-liked", action="store_true",
+                           help="do not filter items the user already has")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("evaluate", help="CML vs peers on one split, full ranking")
+    _add_data_args(p)
+    p.add_argument("--protocol", default="leave-last-out",
+                   choices=("leave-last-out", "random", "temporal"))
+    p.add_argument("-k", type=_positive, nargs="+", default=[10], help="cut-offs (default 10)")
+    p.add_argument("--models", default="cml,popularity,als,bpr")
+    p.add_argument("--json", help="write the results as JSON (DESIGN.md contract)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train on the bundled books data, recommend, evaluate")
+    p.add_argument("--out", default="models/books", help="where to save the demo model")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # user mistakes: one line, exit 2
+        print(f"recsys-metric: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recsys-metric: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""evaluation.evaluate_ranking against hand-computed answers and a plain-Python reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys_metric.evaluation import evaluate_ranking
+
+
+class FixedScores:
+    """Fake model returning rows of a fixed score matrix."""
+
+    def __init__(self, scores):
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.calls = []
+
+    def score_users(self, user_idx):
+        self.calls.append(np.array(user_idx))
+        return self.scores[user_idx]
+
+
+def csr(pairs, shape):
+    rows = [p[0] for p in pairs]
+    cols = [p[1] for p in pairs]
+    return sp.csr_matrix((np.ones(len(pairs), np.float32), (rows, cols)), shape=shape)
+
+
+def reference(scores, train, test, ks):
+    """Slow reference: one Python loop per user, ranking by (-score, item index)."""
+    n_users, n_items = train.shape
+    per = {"MRR": []}
+    for k in ks:
+        for name in ("HR", "NDCG", "Recall", "Precision", "MAP"):
+            per[f"{name}@{k}"] = []
+    covered = {k: set() for k in ks}
+    for u in range(n_users):
+        t_items = set(test[u].indices.tolist())
+        if not t_items:
+            continue
+        seen = set(train[u].indices.tolist())
+        cand = [i for i in range(n_items) if i not in seen and scores[u, i] != -math.inf]
+        ranking = sorted(cand, key=lambda i: (-float(scores[u, i]), i))
+        hit_ranks = [r + 1 for r, i in enumerate(ranking) if i in t_items]
+        per["MRR"].append(1.0 / hit_ranks[0] if hit_ranks else 0.0)
+        for k in ks:
+            top = ranking[:k]
+            covered[k].update(top)
+            hits = [r for r in hit_ranks if r <= k]
+            dcg = sum(1.0 / math.log2(r + 1) for r in hits)
+            idcg = sum(1.0 / math.log2(r + 1) for r in range(1, min(k, len(t_items)) + 1))
+            ap = sum((j + 1) / r for j, r in enumerate(hits)) / min(k, len(t_items))
+            per[f"HR@{k}"].append(1.0 if hits else 0.0)
+            per[f"NDCG@{k}"].append(dcg / idcg)
+            per[f"Recall@{k}"].append(len(hits) / len(t_items))
+            per[f"Precision@{k}"].append(len(hits) / k)
+            per[f"MAP@{k}"].append(ap)
+    res = {key: float(np.mean(v)) for key, v in per.items()}
+    for k in ks:
+        res[f"Coverage@{k}"] = len(covered[k]) / n_items
+    res["users"] = len(per["MRR"])
+    return res, per
+
+
+def assert_matches(got, want):
+    assert set(want) <= set(got)
+    for key, val in want.items():
+        assert got[key] == pytest.approx(val, abs=1e-9), key
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def test_first_rank_is_perfect():
+    model = FixedScores([[0.9, 0.5, 0.1, 0.0]])
+    res = evaluate_ranking(model, csr([], (1, 4)), csr([(0, 0)], (1, 4)), k=(1, 2))
+    for key in ("HR@1", "NDCG@1", "Recall@1", "Precision@1", "MAP@1", "HR@2", "NDCG@2", "MRR"):
+        assert res[key] == pytest.approx(1.0), key
+    assert res["Precision@2"] == pytest.approx(0.5)
+    assert res["users"] == 1
+    assert res["Coverage@1"] == pytest.approx(0.25)
+    assert res["Coverage@2"] == pytest.approx(0.5)
+
+
+def test_third_rank_misses_top2_but_counts_for_mrr():
+    model = FixedScores([[0.9, 0.8, 0.7, 0.1]])
+    res = evaluate_ranking(model, csr([], (1, 4)), csr([(0, 2)], (1, 4)), k=(2, 3))
+    assert res["HR@2"] == 0.0 and res["NDCG@2"] == 0.0 and res["MAP@2"] == 0.0
+    assert res["MRR"] == pytest.approx(1 / 3)
+    assert res["HR@3"] == 1.0
+    assert res["NDCG@3"] == pytest.approx(1 / math.log2(4))
+    assert res["MAP@3"] == pytest.approx(1 / 3)
+    assert res["Precision@3"] == pytest.approx(1 / 3)
+
+
+def test_two_test_items():
+    # Ranking: 0, 1, 2, 3, 4; test items at ranks 1 and 3.
+    model = FixedScores([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    res = evaluate_ranking(model, csr([], (1, 5)), csr([(0, 0), (0, 2)], (1, 5)), k=(1, 3, 5))
+    assert res["HR@1"] == 1.0
+    assert res["Recall@1"] == pytest.approx(0.5)
+    assert res["NDCG@1"] == pytest.approx(1.0)  # ideal DCG of min(1, 2) = 1 hit
+    idcg2 = 1 + 1 / math.log2(3)
+    assert res["NDCG@3"] == pytest.approx((1 + 1 / math.log2(4)) / idcg2)
+    assert res["Recall@3"] == pytest.approx(1.0)
+    assert res["Precision@3"] == pytest.approx(2 / 3)
+    assert res["MAP@3"] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert res["MAP@1"] == pytest.approx(1.0)
+    assert res["MRR"] == pytest.approx(1.0)
+
+
+def test_train_items_are_excluded_from_ranking_and_coverage():
+    # Items 0 and 1 score highest but are in train: the test item 2 becomes rank 1.
+    model = FixedScores([[9.0, 8.0, 1.0, 0.5, 0.0]])
+    train = csr([(0, 0), (0, 1)], (1, 5))
+    res = evaluate_ranking(model, train, csr([(0, 2)], (1, 5)), k=(1, 5))
+    assert res["HR@1"] == 1.0 and res["MRR"] == 1.0
+    # Only 3 candidates exist: top-5 covers items 2, 3, 4; precision still divides by K.
+    assert res["Coverage@5"] == pytest.approx(3 / 5)
+    assert res["Precision@5"] == pytest.approx(1 / 5)
+
+
+def test_test_item_also_in_train_is_a_miss():
+    model = FixedScores([[9.0, 1.0, 0.0]])
+    res = evaluate_ranking(model, csr([(0, 0)], (1, 3)), csr([(0, 0)], (1, 3)), k=(3,))
+    assert res["users"] == 1
+    assert res["HR@3"] == 0.0 and res["MRR"] == 0.0 and res["NDCG@3"] == 0.0
+
+
+def test_ties_broken_by_lower_item_index():
+    model = FixedScores([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    test = csr([(0, 0), (1, 3)], (2, 4))
+    res = evaluate_ranking(model, csr([], (2, 4)), test, k=(1,), per_user=True)
+    np.testing.assert_allclose(res["per_user"]["MRR"], [1.0, 0.25])
+    np.testing.assert_allclose(res["per_user"]["HR@1"], [1.0, 0.0])
+    assert res["Coverage@1"] == pytest.approx(0.25)
+
+
+def test_users_without_test_items_are_skipped_and_per_user_export():
+    scores = np.array([[3, 2, 1], [1, 2, 3], [3, 2, 1]], dtype=np.float32)
+    model = FixedScores(scores)
+    test = csr([(0, 1), (2, 0)], (3, 3))
+    res = evaluate_ranking(model, csr([], (3, 3)), test, k=1, per_user=True)
+    assert res["users"] == 2
+    pu = res["per_user"]
+    np.testing.assert_array_equal(pu["user"], [0, 2])
+    np.testing.assert_array_equal(pu["n_test"], [1, 1])
+    np.testing.assert_allclose(pu["HR@1"], [0.0, 1.0])
+    np.testing.assert_allclose(pu["MRR"], [0.5, 1.0])
+    assert res["HR@1"] == pytest.approx(0.5)
+    assert all(len(v) == 2 for v in pu.values())
+    assert all(1 not in call for call in model.calls)  # user 1 never scored
+
+
+def test_no_test_users():
+    res = evaluate_ranking(FixedScores([[0.0, 1.0]]), csr([], (1, 2)), csr([], (1, 2)), k=(1,))
+    assert res["users"] == 0 and res["HR@1"] == 0.0 and res["MRR"] == 0.0
+    assert res["Coverage@1"] == 0.0
+
+
+def test_k_larger_than_catalogue():
+    model = FixedScores([[0.0, 1.0, 2.0]])
+    res = evaluate_ranking(model, csr([], (1, 3)), csr([(0, 0), (0, 1)], (1, 3)), k=(10,))
+    assert res["HR@10"] == 1.0 and res["Recall@10"] == 1.0
+    assert res["NDCG@10"] == pytest.approx(
+        (1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    )
+    assert res["Precision@10"] == pytest.approx(0.2)
+    assert res["MRR"] == pytest.approx(0.5)
+    assert res["Coverage@10"] == 1.0
+
+
+def test_input_errors():
+    model = FixedScores([[0.0, 1.0]])
+    tr, te = csr([], (1, 2)), csr([(0, 0)], (1, 2))
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_ranking(model, tr, csr([(0, 0)], (1, 3)))
+    with pytest.raises(ValueError, match="k must"):
+        evaluate_ranking(model, tr, te, k=(0,))
+    with pytest.raises(ValueError, match="scipy.sparse"):
+        evaluate_ranking(model, np.zeros((1, 2)), te)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_ranking(FixedScores([[np.nan, 1.0]]), tr, te)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_ranking(FixedScores([[0.0, 1.0, 2.0]]), tr, te)
+
+
+# ---------------------------------------------------------------- random vs reference
+
+
+def random_case(seed, n_users=60, n_items=25, integer_scores=False):
+    rng = np.random.default_rng(seed)
+    if integer_scores:  # many ties, exercises the tie-break
+        scores = rng.integers(0, 4, size=(n_users, n_items)).astype(np.float32)
+    else:
+        scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
+    state = rng.random((n_users, n_items))
+    train = sp.csr_matrix((state < 0.3).astype(np.float32))  # disjoint pairs by construction
+    test = sp.csr_matrix(((state >= 0.3) & (state < 0.4)).astype(np.float32))
+    return scores, train, test
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("integer_scores", [False, True])
+def test_matches_reference_on_random_data(seed, integer_scores):
+    scores, train, test = random_case(seed, integer_scores=integer_scores)
+    ks = (1, 3, 5, 10, 30)
+    want, per = reference(scores, train, test, ks)
+    # A small batch size checks that batching does not change the answer.
+    got = evaluate_ranking(FixedScores(scores), train, test, k=ks, batch_size=7, per_user=True)
+    assert_matches(got, want)
+    for key, vals in per.items():
+        np.testing.assert_allclose(got["per_user"][key], vals, atol=1e-12, err_msg=key)
+
+
+def test_model_minus_inf_scores_are_excluded_like_train_items():
+    scores, train, test = random_case(3, n_users=40, n_items=12)
+    scores[np.random.default_rng(3).random(scores.shape) < 0.5] = -np.inf
+    ks = (1, 5, 12)
+    want, _ = reference(scores, train, test, ks)
+    assert_matches(evaluate_ranking(FixedScores(scores), train, test, k=ks, batch_size=9), want)
+
+
+def test_batch_size_does_not_change_results():
+    scores, train, test = random_case(5, n_users=200, n_items=40)
+    a = evaluate_ranking(FixedScores(scores), train, test, k=(5, 10), batch_size=1)
+    b = evaluate_ranking(FixedScores(scores), train, test, k=(5, 10), batch_size=10_000)
+    assert a == b
+
+
+def test_ml1m_sized_evaluation_is_fast():
+    import time
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 6040, 3706
+    scores = rng.random((n_users, n_items), dtype=np.float32)
+    n_train = 150 * n_users  # about ML-1M's density (duplicates simply sum)
+    train = sp.csr_matrix(
+        (np.ones(n_train), (rng.integers(0, n_users, n_train), rng.integers(0, n_items, n_train))),
+        shape=(n_users, n_items),
+    )
+    test_items = rng.integers(0, n_items, size=n_users)
+    test = sp.csr_matrix(
+        (np.ones(n_users), (np.arange(n_users), test_items)), shape=(n_users, n_items)
+    )
+    test = test - test.multiply(train > 0)  # keep pairs disjoint
+    test.eliminate_zeros()
+    t0 = time.perf_counter()
+    res = evaluate_ranking(FixedScores(scores), train, test, k=(10, 20))
+    elapsed = time.perf_counter() - t0
+    assert res["users"] == test.getnnz(axis=1).astype(bool).sum()
+    # Random scores: HR@10 is about 10 / 3560 candidates.
+    assert 0.0 < res["HR@10"] < 0.02
+    assert elapsed < 20.0  # seconds; generous for a shared 2-core machine

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from recsys_metric import Interactions, leave_last_out, random_holdout, read_ratings, temporal
+
+from .conftest import SHARED, checkerboard
+
+
+def pairs(inter):
+    coo = inter.matrix.tocoo()
+    return set(zip(coo.row.tolist(), coo.col.tolist(), strict=True))
+
+
+def assert_partition(data, train, test):
+    assert not pairs(train) & pairs(test), "a test pair leaked into train"
+    assert pairs(train) | pairs(test) == pairs(data)
+    assert train.users is data.users and test.items is data.items
+
+
+def test_leave_last_out_takes_latest_and_breaks_ties_by_file_row():
+    # user a: x@5, y@9, z@9 (z later in the file) -> z; user b has one interaction: train only.
+    d = Interactions.from_pairs(["a", "a", "a", "b"], ["x", "y", "z", "x"], [5, 9, 9, 1])
+    train, test = leave_last_out(d)
+    assert_partition(d, train, test)
+    a, z = d.users.index("a"), d.items.index("z")
+    assert pairs(test) == {(a, z)}
+
+
+def test_leave_last_out_one_per_user_without_timestamps():
+    d = Interactions.from_pairs(["a", "a", "b", "b"], ["x", "y", "y", "x"])
+    train, test = leave_last_out(d)
+    assert pairs(test) == {(0, 1), (1, 0)}  # the later row of each user
+
+
+@pytest.mark.parametrize("split", [leave_last_out,
+                                   lambda d: random_holdout(d, 0.3, seed=1),
+                                   lambda d: temporal(d, 0.7)])
+def test_splits_never_leak(split):
+    d = checkerboard(60, 30, seed=3)
+    train, test = split(d)
+    assert_partition(d, train, test)
+    assert test.nnz > 0
+
+
+def test_random_holdout_is_seeded_and_keeps_a_train_item():
+    d = checkerboard(30, 20)
+    a = pairs(random_holdout(d, 0.5, seed=0)[1])
+    assert a == pairs(random_holdout(d, 0.5, seed=0)[1]) != pairs(random_holdout(d, 0.5, 1)[1])
+    train, _ = random_holdout(d, 0.9, seed=0)
+    assert (np.diff(train.matrix.indptr) >= 1).all()
+
+
+@pytest.mark.skipif(not (SHARED / "ml-100k").is_dir(), reason="MovieLens not available")
+def test_leave_last_out_ml100k_against_pandas():
+    d = read_ratings(SHARED / "ml-100k/u.data")
+    train, test = leave_last_out(d)
+    assert test.nnz == 943 and train.nnz == 100000 - 943
+    df = d.to_frame().assign(row=d.rows).sort_values(["user", "timestamp", "row"])
+    last = df.groupby("user").tail(1)
+    want = {(d.users.index(u), d.items.index(i)) for u, i in zip(last.user, last.item,
+                                                                strict=True)}
+    assert pairs(test) == want
