@@ -36,14 +36,14 @@ def test_leave_last_out_one_per_user_without_timestamps():
                                    lambda d: random_holdout(d, 0.3, seed=1),
                                    lambda d: temporal(d, 0.7)])
 def test_splits_never_leak(split):
-    d = checkerboard(60, 30, seed=3)
+    d = checkerboard(60, 30, seed=3, density=0.7)
     train, test = split(d)
     assert_partition(d, train, test)
     assert test.nnz > 0
 
 
 def test_random_holdout_is_seeded_and_keeps_a_train_item():
-    d = checkerboard(30, 20)
+    d = checkerboard(30, 20, density=0.7)
     a = pairs(random_holdout(d, 0.5, seed=0)[1])
     assert a == pairs(random_holdout(d, 0.5, seed=0)[1]) != pairs(random_holdout(d, 0.5, 1)[1])
     train, _ = random_holdout(d, 0.9, seed=0)

@@ -34,11 +34,12 @@ except ImportError:  # CPU-only installs: the module stays importable, the funct
 
 # Tiling, module-level so a benchmark can sweep them. 64 (pair, candidate) slots x 32-float dim
 # chunks: ptxas (sm_90, 4 warps) reports 48-64 registers and no spills, so occupancy stays high for
-# this latency-bound gather; 128 x 32 tiles needed 100-250 registers.
+# this latency-bound gather; 128 x 32 tiles needed 100-250 registers. On an H200 (sweep in
+# experiments/results/sampling_gpu.md, U=50, dim=128) 2 warps ran 2.2-2.7x faster than 4.
 SLOTS_PER_PROGRAM = 64
 TILE_ELEMS = 2048
 MAX_BLOCK_D = 32
-NUM_WARPS = 4
+NUM_WARPS = 2
 SAMPLE_BLOCK_U = 128  # sample_uniform tiles the n columns too, so any n fits in registers
 
 if HAS_TRITON:
