@@ -1,0 +1,146 @@
+import json
+
+import numpy as np
+import pytest
+
+from recsys_metric import Recommender, TrainConfig, UnknownIdError, leave_last_out
+
+from .conftest import checkerboard
+
+FAST = dict(dim=8, epochs=20, n_negatives=5, batch_size=64, lr=0.1, margin=0.5)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = checkerboard(40, 20)
+    return data, Recommender(TrainConfig(**FAST), index="exact").fit(data, show_progress=False)
+
+
+def half_of(item: str) -> int:
+    return int(item[1:]) // 10
+
+
+@pytest.mark.parametrize("index", ["exact", "annoy"])
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_known_answer_checkerboard(index, backend):
+    data = checkerboard(40, 20)
+    model = Recommender(TrainConfig(**FAST, backend=backend), index=index).fit(
+        data, show_progress=False)
+    assert model.index_kind_ == index
+    for u in range(40):
+        ids, scores = model.recommend(f"u{u}", N=10, filter_already_liked_items=False)
+        assert all(half_of(i) == u % 2 for i in ids), (u, ids)  # exactly the user's half
+        assert np.all(np.diff(scores) <= 1e-6)  # best first
+        ids, _ = model.recommend(f"u{u}", N=3)
+        assert all(half_of(i) != u % 2 for i in ids)  # their half is liked, hence filtered
+    for item in range(20):
+        sim, _ = model.similar_items(f"i{item}", N=5)
+        assert f"i{item}" not in sim and all(half_of(i) == item // 10 for i in sim), (item, sim)
+
+
+def test_recommend_list_filters_and_unknown_ids():
+    data = checkerboard(40, 20, density=0.7)
+    model = Recommender(TrainConfig(**FAST)).fit(data, show_progress=False)
+    ids, scores = model.recommend(["u0", "u1"], N=4)
+    assert ids.shape == scores.shape == (2, 4)
+    one, _ = model.recommend("u0", N=4)
+    assert list(ids[0]) == list(one)
+    liked = set(data.items.raw(data.matrix[0].indices))
+    assert not liked & set(one)
+    kept, _ = model.recommend("u0", N=20, filter_already_liked_items=False)
+    assert len(kept) == 20 and liked <= set(kept)
+    ids, _ = model.recommend(["u0", "u2"], N=20)  # 13 left for u0: padded rows
+    assert ids.shape[1] == 13
+    banned = list(one[:2])
+    ids, _ = model.recommend("u0", N=4, filter_items=banned)
+    assert not set(banned) & set(ids)
+    with pytest.raises(UnknownIdError, match="unknown user id 'ghost'"):
+        model.recommend("ghost")
+    with pytest.raises(UnknownIdError, match="unknown item id 'nope'"):
+        model.similar_items("nope")
+
+
+def test_save_load_roundtrip_identical(tmp_path, fitted):
+    _, model = fitted
+    model.item_names_ = {"i0": "Zero"}
+    model.save(tmp_path / "m")
+    again = Recommender.load(tmp_path / "m")
+    for u in ("u0", "u1", "u7"):
+        a, sa = model.recommend(u, N=5)
+        b, sb = again.recommend(u, N=5)
+        assert list(a) == list(b) and np.array_equal(sa, sb)
+    assert again.item_name("i0") == "Zero"
+    # Saving over an existing model replaces it whole and leaves no temporary directories.
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_annoy_roundtrip_is_memory_mapped_and_calibrated(tmp_path):
+    data = checkerboard(40, 20)
+    model = Recommender(TrainConfig(**FAST), index="annoy").fit(data, show_progress=False)
+    assert model.index_recall_ >= 0.98
+    model.save(tmp_path / "m")
+    assert (tmp_path / "m" / "items.ann").is_file()
+    again = Recommender.load(tmp_path / "m")
+    assert list(again.recommend("u3", N=5)[0]) == list(model.recommend("u3", N=5)[0])
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["index"]["kind"] == "annoy" and meta["index"]["search_k"] > 0
+
+
+def test_load_rejects_non_model_dir(tmp_path):
+    with pytest.raises(ValueError, match="not a recsys-metric model directory"):
+        Recommender.load(tmp_path)
+
+
+def test_same_seed_same_embeddings_on_cpu():
+    data = checkerboard(30, 20)
+    for backend in ("torch", "auto"):
+        cfg = TrainConfig(**{**FAST, "epochs": 3}, backend=backend, seed=5)
+        a = Recommender(cfg).fit(data, show_progress=False)
+        b = Recommender(cfg).fit(data, show_progress=False)
+        assert np.array_equal(a.user_embeddings_, b.user_embeddings_)
+        assert np.array_equal(a.item_embeddings_, b.item_embeddings_)
+        c = Recommender(TrainConfig(**{**FAST, "epochs": 3}, backend=backend, seed=6)).fit(
+            data, show_progress=False)
+        assert not np.array_equal(a.item_embeddings_, c.item_embeddings_)
+
+
+def test_rows_stay_in_the_unit_ball_and_loss_falls(fitted):
+    _, model = fitted
+    assert np.linalg.norm(model.item_embeddings_, axis=1).max() <= 1.0 + 1e-5
+    assert np.linalg.norm(model.user_embeddings_, axis=1).max() <= 1.0 + 1e-5
+    losses = [h["loss"] for h in model.history_]
+    assert losses[-1] < losses[0]
+
+
+def test_early_stopping_refits_on_all_of_train():
+    data = checkerboard(40, 20)
+    model = Recommender(TrainConfig(**{**FAST, "epochs": 8, "patience": 2})).fit(
+        data, show_progress=False)
+    assert model.validation_history_ and "val_NDCG@10" in model.validation_history_[0]
+    assert 1 <= model.best_epoch_ <= 8 and len(model.history_) == model.best_epoch_
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="dim must be an integer"):
+        TrainConfig(dim=0).validate()
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig(optimizer="lbfgs").validate()
+    with pytest.raises(ValueError, match="unknown config keys: colour"):
+        TrainConfig.from_dict({"colour": 1})
+
+
+def test_cml_beats_popularity_on_the_bundled_split():
+    """The planted taste structure of data/books must be learnt (a regression guard on quality)."""
+    from recsys_metric import read_ratings
+    from recsys_metric.baselines import Popularity
+    from recsys_metric.evaluation import evaluate_ranking
+
+    from .conftest import ROOT
+
+    train, test = leave_last_out(read_ratings(ROOT / "data/books/ratings.csv"))
+    cml = Recommender(TrainConfig(epochs=10)).fit(train, show_progress=False)
+    pop = Popularity().fit(train.matrix)
+    m_cml = evaluate_ranking(cml, train.matrix, test.matrix, k=10)
+    m_pop = evaluate_ranking(pop, train.matrix, test.matrix, k=10)
+    assert m_cml["HR@10"] > 1.5 * m_pop["HR@10"]
