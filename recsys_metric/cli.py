@@ -1,4 +1,4 @@
-"""``recsys-metric``: train | recommend | similar | evaluate | demo.
+"""``recsys-metric``: train | recommend | similar | evaluate | compare | demo.
 
 A user's mistake (bad file, unknown id, bad argument) prints one line on stderr and exits 2;
 never a traceback.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from .train import TrainConfig
 # Flags that map one-to-one onto TrainConfig fields.
 TRAIN_FLAGS = {
     "dim": int, "margin": float, "n_negatives": int, "epochs": int, "batch_size": int,
-    "lr": float, "optimizer": str, "clip_norm": float, "cov_weight": float, "seed": int,
-    "device": str, "backend": str, "patience": int,
+    "lr": float, "optimizer": str, "clip_norm": float, "init_norm": float, "cov_weight": float,
+    "seed": int, "device": str, "backend": str, "patience": int,
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 
@@ -52,16 +53,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace) -> TrainConfig:
-    values = {}
+def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
+    """TrainConfig from ``defaults`` (this command's), then ``--config``, then the flags."""
+    values = dict(defaults)
     if args.config:
         try:
-            values = json.loads(Path(args.config).read_text())
+            loaded = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{args.config}: cannot read config: {e}") from None
-        values = values.get("config", values)  # accept a saved model's config.json too
-        if not isinstance(values, dict):
+        if isinstance(loaded, dict):
+            loaded = loaded.get("config", loaded)  # accept a saved model's config.json too
+        if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields")
+        values.update(loaded)
     values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     if args.no_rank_weight:
         values["rank_weight"] = False
@@ -122,24 +126,81 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_line(args: argparse.Namespace, result: dict) -> str:
+    s = result["split"]
+    return (f"{args.ratings}: {args.protocol}, {s['users']} users, {s['items']} items, "
+            f"train {s['train']}, test {s['test']} ({s['test_users']} users); full ranking, "
+            "train items excluded")
+
+
+def _check_output_file(path: str | None, flag: str) -> None:
+    """Fail before any training when an output file cannot be written."""
+    if path and Path(path).is_dir():
+        raise ValueError(f"{path}: {flag} expects a file path, got a directory")
+
+
+def _write_per_user(result: dict, path: str) -> None:
+    from .compare import per_user_frame
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    per_user_frame(result).to_csv(path, index=False)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .compare import format_table, parse_models, run_comparison
+    from .compare import format_table, json_ready, parse_models, run_comparison
 
     models = parse_models(args.models)
     config = _config(args)
+    _check_output_file(args.json, "--json")
+    _check_output_file(args.per_user, "--per-user")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's ALS warns otherwise
     data = _read(args)
     result = run_comparison(data, args.protocol, models, args.k, config, config.seed,
-                            dataset=args.ratings, show_progress=not args.quiet)
-    s = result["split"]
-    print(f"{args.ratings}: {args.protocol}, {s['users']} users, {s['items']} items, "
-          f"train {s['train']}, test {s['test']} ({s['test_users']} users); full ranking, "
-          "train items excluded")
+                            dataset=args.ratings, show_progress=not args.quiet,
+                            per_user=bool(args.per_user))
+    print(_split_line(args, result))
     print(format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(json_ready(result), indent=2))
         print(f"wrote {args.json}")
+    if args.per_user:
+        _write_per_user(result, args.per_user)
+        print(f"wrote per-user metrics to {args.per_user}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import parse_models, run_comparison
+    from .report import main_k, markdown_tables, paired_table, write_report
+
+    models = parse_models(args.models)
+    # CML is fitted with early stopping on a validation split carved from train (then refit on
+    # all of train), so the report can show its validation curve; --patience 0 turns it off.
+    config = _config(args, patience=5)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: --out must be a directory")
+    _check_output_file(args.per_user, "--per-user")
+    if not 0.0 < args.alpha < 1.0:
+        raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    data = _read(args)
+    result = run_comparison(data, args.protocol, models, args.k, config, config.seed,
+                            dataset=args.ratings, show_progress=not args.quiet,
+                            per_user=True, n_boot=args.n_boot, alpha=args.alpha)
+    command = "recsys-metric " + shlex.join(getattr(args, "argv", None) or [])
+    paths = write_report(result, out, command=command.strip(), config=config.to_dict())
+    k = main_k(result["k"])
+    print(_split_line(args, result))
+    print(markdown_tables(result, [k]))
+    paired = paired_table(result, [k])
+    if paired:
+        print(f"\nPaired tests against cml (K = {k}; every K in the report)\n\n{paired}")
+    if args.per_user:
+        _write_per_user(result, args.per_user)
+        print(f"wrote per-user metrics to {args.per_user}")
+    print(f"\nreport: {paths['report']} (results.json, plots, per_user.csv in {out})")
     return 0
 
 
@@ -216,8 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=_positive, nargs="+", default=[10], help="cut-offs (default 10)")
     p.add_argument("--models", default="cml,popularity,als,bpr")
     p.add_argument("--json", help="write the results as JSON (DESIGN.md contract)")
+    p.add_argument("--per-user", metavar="PATH",
+                   help="write every user's metrics as CSV (user, model, n_test, metrics)")
     _add_train_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="CML vs peers on one split: a report with CIs, paired "
+                                       "tests and plots")
+    _add_data_args(p)
+    p.add_argument("--models", default="cml,popularity,als,bpr")
+    p.add_argument("--out", required=True, help="report directory (report.md, results.json, "
+                                                "plots, per_user.csv)")
+    p.add_argument("-k", type=_positive, nargs="+", default=[1, 5, 10, 20, 50],
+                   help="cut-offs (default 1 5 10 20 50)")
+    p.add_argument("--protocol", default="leave-last-out",
+                   choices=("leave-last-out", "random", "temporal"))
+    p.add_argument("--n-boot", type=_positive, default=1000,
+                   help="bootstrap resamples of the test users (default 1000)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="1 - confidence level of the intervals (default 0.05: 95%%)")
+    p.add_argument("--per-user", metavar="PATH", help="also write the per-user CSV here")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="train on the bundled books data, recommend, evaluate")
     p.add_argument("--out", default="models/books", help="where to save the demo model")
@@ -227,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the exact command, for reports
     try:
         return args.func(args)
     except (ValueError, OSError) as e:  # user mistakes: one line, exit 2

@@ -1,8 +1,8 @@
-"""Full-ranking offline metrics (HR, NDCG, Recall, Precision, MAP, MRR, coverage).
+"""Full-ranking offline metrics (HR, NDCG, Recall, Precision, MAP, MRR, AUC, coverage, novelty).
 
 Every test user is ranked against the whole catalogue, minus the items that user has in train
 (see DESIGN.md, "Protocols"). Scores are processed in batches of users with torch on the CPU, so
-an ML-1M-sized split (6040 users x 3706 items) evaluates in one to two seconds on two CPU cores,
+an ML-1M-sized split (6040 users x 3706 items) evaluates in about two seconds on two CPU cores,
 plus the model's own scoring time.
 
 Ranking order is total and deterministic: higher score first, ties broken by the lower item
@@ -83,6 +83,71 @@ def _best_test_rank(scores: torch.Tensor, is_test: torch.Tensor) -> torch.Tensor
     return torch.where(torch.isfinite(best.squeeze(1)), rank, 0)
 
 
+def popularity_rank(train: sp.csr_matrix) -> np.ndarray:
+    """Popularity rank of every item from train interaction counts: 1 = most popular.
+
+    Items with equal counts share the average of the ranks they span (items never seen in train
+    share the last ranks), so the rank does not depend on item order.
+    """
+    from scipy.stats import rankdata
+
+    counts = np.bincount(sp.csr_matrix(train).indices, minlength=train.shape[1])
+    return rankdata(-counts, method="average").astype(np.float64)
+
+
+def _nanmean(a: np.ndarray, n_users: int) -> float:
+    """Mean over the users where the metric is defined; 0.0 without users, NaN if none is."""
+    if not n_users:
+        return 0.0
+    ok = ~np.isnan(a)
+    return float(a[ok].mean()) if ok.any() else float("nan")
+
+
+def _auc(scores: torch.Tensor, is_test: torch.Tensor, train_pairs: tuple[torch.Tensor, ...],
+         test_pairs: tuple[torch.Tensor, ...], n_test: torch.Tensor) -> torch.Tensor:
+    """Per-row AUC: share of (test item, negative) pairs with the test item scored higher.
+
+    Ties count half. Negatives are the items in neither train nor test of the row. With few test
+    items per row (leave-last-out: one) each is compared with the whole row, O(m * n_items); with
+    many, one sort of the negatives per row and a binary search per test item.
+    """
+    b, n_items = scores.shape
+    tr_r, tr_c = train_pairs
+    te_r, te_c = test_pairs
+    valid_pairs = is_test[te_r, te_c]  # test items also in train lose every pair
+    overlap = torch.bincount(te_r[~valid_pairs], minlength=b)
+    n_neg = (n_items - torch.bincount(tr_r, minlength=b) - torch.bincount(te_r, minlength=b)
+             + overlap)
+    neg = scores.clone()  # NaN marks a non-negative: it compares False with everything
+    neg[tr_r, tr_c] = torch.nan
+    neg[te_r, te_c] = torch.nan
+    # Test items of each row packed into a [b, m] query (m = most test items of a row).
+    counts = torch.bincount(te_r, minlength=b)
+    m = max(int(counts.max()) if len(te_r) else 0, 1)
+    col = torch.arange(len(te_r)) - (torch.cumsum(counts, 0) - counts)[te_r]
+    query = torch.zeros((b, m), dtype=scores.dtype)
+    valid = torch.zeros((b, m), dtype=torch.bool)
+    query[te_r, col] = scores[te_r, te_c]
+    valid[te_r, col] = valid_pairs
+    if m <= 8:
+        # Per negative, (1 + sign(q - s)) / 2 is 1, 1/2 or 0; NaN terms (non-negatives, and
+        # inf - inf, a tie) drop out of the nansum, so won = (n_neg + sum of signs) / 2.
+        # Sums of +-1 in float32 are exact below 2**24 items.
+        signs = torch.stack([torch.nansum(torch.sign(q - neg), 1) for q in query.T.unsqueeze(2)],
+                            1)
+        won = 0.5 * (n_neg.unsqueeze(1).double() + signs.double())
+    else:
+        neg = torch.nan_to_num(neg, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)
+        sorted_neg = torch.sort(neg, dim=1).values
+        cap = n_neg.unsqueeze(1)  # the +inf that replaced NaN sorts after the negatives
+        below = torch.searchsorted(sorted_neg, query).clamp(max=cap)
+        ties = torch.searchsorted(sorted_neg, query, right=True).clamp(max=cap) - below
+        won = below.double() + 0.5 * ties.double()
+    correct = torch.where(valid, won, 0.0).sum(1)
+    pairs = n_test * n_neg.double()
+    return torch.where(pairs > 0, correct / pairs.clamp(min=1), torch.nan)
+
+
 def evaluate_ranking(
     model: ScoresUsers,
     train: sp.csr_matrix,
@@ -117,8 +182,10 @@ def evaluate_ranking(
     Returns
     -------
     dict
-        ``HR@K``, ``NDCG@K``, ``Recall@K``, ``Precision@K``, ``MAP@K``, ``Coverage@K`` for each K,
-        ``MRR`` and ``users`` (number of users evaluated). Metrics are user averages (floats).
+        ``HR@K``, ``NDCG@K``, ``Recall@K``, ``Precision@K``, ``MAP@K``, ``Coverage@K``,
+        ``Novelty@K`` for each K, ``MRR``, ``AUC`` and ``users`` (number of users evaluated).
+        Metrics are user averages (floats); ``AUC`` and ``Novelty@K`` average over the users where
+        they are defined (NaN in ``per_user`` otherwise).
 
     Notes
     -----
@@ -131,6 +198,13 @@ def evaluate_ranking(
     ``MRR`` = 1 / full rank (not truncated) of the best-ranked test item; 0 if all its test
     items are in train.
     ``Coverage@K`` = share of the catalogue found in at least one user's top-K list.
+    ``AUC`` = share of (test item, negative) pairs where the test item scores higher, ties counting
+    half (unlike the rank order above, which breaks ties by index); negatives are the items in
+    neither the user's train nor test. A test item also in train loses all its pairs. Undefined
+    (NaN) for a user without negatives.
+    ``Novelty@K`` = mean popularity rank (see :func:`popularity_rank`: train interaction counts,
+    1 = most popular, ties share their average rank) of the items in the user's top-K list; higher
+    means less popular items. Undefined (NaN) for a user without candidates.
     """
     ks = _as_ks(k)
     train, test = _as_csr(train, "train"), _as_csr(test, "test")
@@ -149,9 +223,11 @@ def evaluate_ranking(
     idcg = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(disc, 0)])
     pos = torch.arange(1, kmax + 1, dtype=torch.float64)
 
-    out: dict[str, list[torch.Tensor]] = {"MRR": []}
+    pop_rank = torch.from_numpy(popularity_rank(train))
+
+    out: dict[str, list[torch.Tensor]] = {"MRR": [], "AUC": []}
     for kk in ks:
-        for name in ("HR", "NDCG", "Recall", "Precision", "MAP"):
+        for name in ("HR", "NDCG", "Recall", "Precision", "MAP", "Novelty"):
             out[f"{name}@{kk}"] = []
     covered = {kk: torch.zeros(n_items, dtype=torch.bool) for kk in ks}
 
@@ -173,10 +249,12 @@ def evaluate_ranking(
             raise ValueError("evaluate_ranking: score_users returned NaN scores")
         tr_r, tr_c = _batch_rows(train, u)
         scores[tr_r, tr_c] = -torch.inf
+        te_r, te_c = _batch_rows(test, u)
         is_test = torch.zeros((b, n_items), dtype=torch.bool)
-        is_test[_batch_rows(test, u)] = True
+        is_test[te_r, te_c] = True
         is_test[tr_r, tr_c] = False  # test items also in train are excluded: misses
         n_test = torch.from_numpy(n_test_all[u]).to(torch.float64)
+        out["AUC"].append(_auc(scores, is_test, (tr_r, tr_c), (te_r, te_c), n_test))
 
         rank = _best_test_rank(scores, is_test).to(torch.float64)
         out["MRR"].append(torch.where(rank > 0, 1.0 / rank.clamp(min=1), 0.0))
@@ -196,8 +274,12 @@ def evaluate_ranking(
             out[f"Recall@{kk}"].append(h / n_test)
             out[f"Precision@{kk}"].append(h / kk)
             out[f"MAP@{kk}"].append(ap[:, c] / denom)
-            top = order[:, : c + 1][torch.isfinite(vals[:, : c + 1])]
-            covered[kk][top] = True
+            fin = torch.isfinite(vals[:, : c + 1])
+            covered[kk][order[:, : c + 1][fin]] = True
+            n_rec = fin.sum(1)
+            nov = (pop_rank[order[:, : c + 1]] * fin).sum(1)
+            out[f"Novelty@{kk}"].append(torch.where(n_rec > 0, nov / n_rec.clamp(min=1),
+                                                    torch.nan))
 
     res: dict[str, Any] = {}
     cols = {name: (torch.cat(v).numpy() if v else np.zeros(0)) for name, v in out.items()}
@@ -206,7 +288,9 @@ def evaluate_ranking(
             key = f"{name}@{kk}"
             res[key] = float(cols[key].mean()) if len(users) else 0.0
         res[f"Coverage@{kk}"] = float(covered[kk].double().mean()) if n_items else 0.0
+        res[f"Novelty@{kk}"] = _nanmean(cols[f"Novelty@{kk}"], len(users))
     res["MRR"] = float(cols["MRR"].mean()) if len(users) else 0.0
+    res["AUC"] = _nanmean(cols["AUC"], len(users))
     res["users"] = int(len(users))
     if per_user:
         res["per_user"] = {"user": users.astype(np.int64), "n_test": n_test_all[users], **cols}

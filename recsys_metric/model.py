@@ -26,15 +26,17 @@ class CML(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, clip_norm: float = 1.0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, init_norm: float = 0.1) -> None:
         super().__init__()
         self.clip_norm = clip_norm
         # Sparse gradients: a batch touches a few thousand rows of tables that may hold millions.
         self.users = nn.Embedding(n_users, dim, sparse=True)
         self.items = nn.Embedding(n_items, dim, sparse=True)
+        # Rows start near the origin (norm ~ init_norm): no item starts by chance close to a user,
+        # each moves out only as far as the data pushes it (steadier than norm-1 starts).
         with torch.no_grad():
             for table in (self.users, self.items):
-                table.weight.normal_(0.0, dim ** -0.5, generator=generator)
+                table.weight.normal_(0.0, init_norm * dim ** -0.5, generator=generator)
         self.clip_()
 
     def distance(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -36,15 +36,18 @@ class TrainConfig:
     """Hyper-parameters of CML training (defaults chosen on validation splits carved from train,
     see ``experiments/results/defaults.md``)."""
 
-    dim: int = 64
-    margin: float = 0.5
-    n_negatives: int = 20  # U: candidates drawn per (user, positive) pair; the hardest is used
-    epochs: int = 30
+    dim: int = 32
+    margin: float = 1.0
+    # U: candidates drawn per (user, positive) pair, the hardest is used. None = auto: 1% of the
+    # catalogue within [10, 100], so the negative is about as hard on 500 items as on 10,000.
+    n_negatives: int | None = None
+    epochs: int = 25
     batch_size: int = 4096
     lr: float = 0.1
     optimizer: str = "adagrad"
     rank_weight: bool = True  # WARP weight log(1 + floor(n_items * violators / U))
     clip_norm: float = 1.0  # rows live in this ball; <= 0 disables clipping
+    init_norm: float = 0.1  # expected norm of the rows at initialisation
     cov_weight: float = 0.0  # CML's covariance regulariser (torch loop only)
     seed: int = 0
     device: str = "auto"
@@ -55,9 +58,11 @@ class TrainConfig:
         ints = {"dim": 1, "n_negatives": 1, "epochs": 1, "batch_size": 1, "patience": 0}
         for name, low in ints.items():
             v = getattr(self, name)
+            if v is None and name == "n_negatives":
+                continue
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        for name in ("margin", "lr"):
+        for name in ("margin", "lr", "init_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.cov_weight < 0:
@@ -68,6 +73,12 @@ class TrainConfig:
         sampling.resolve_backend(self.backend, torch.device("cpu"))  # raises on unknown names
         resolve_device(self.device)
         return self
+
+    def negatives_for(self, n_items: int) -> int:
+        """The number of candidates U used on a catalogue of ``n_items``."""
+        if self.n_negatives is not None:
+            return self.n_negatives
+        return int(min(100, max(10, round(n_items / 100))))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,8 +136,9 @@ class Trainer:
         train = train.tocsr()
         train.sort_indices()
         dev = resolve_device(cfg.device)
+        self.n_negatives = cfg.negatives_for(n_items)
         gen = torch.Generator().manual_seed(cfg.seed)
-        model = CML(n_users, n_items, cfg.dim, cfg.clip_norm, generator=gen).to(dev)
+        model = CML(n_users, n_items, cfg.dim, cfg.clip_norm, gen, cfg.init_norm).to(dev)
         backend = sampling.resolve_backend(cfg.backend, dev)
         fused_cpu = backend == "cpu" and cfg.optimizer == "adagrad" and cfg.cov_weight == 0
         epoch_fn = (self._fused_cpu_epoch if fused_cpu else self._torch_epoch)(
@@ -188,7 +200,7 @@ class Trainer:
             perm = self._permutation(train.nnz, epoch)
             loss_sum, active = cpu.train_epoch(
                 indptr, indices, pair_users[perm], pair_items[perm], user_emb, item_emb,
-                user_acc, item_acc, n_candidates=cfg.n_negatives, margin=cfg.margin, lr=cfg.lr,
+                user_acc, item_acc, n_candidates=self.n_negatives, margin=cfg.margin, lr=cfg.lr,
                 rank_weight=cfg.rank_weight, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch)
             return loss_sum / train.nnz, int(active)
 
@@ -218,12 +230,12 @@ class Trainer:
                 u, p = pair_users[idx], pair_items[idx]
                 neg, viol = sampling.hardest_negatives(
                     indptr, indices, u, p, model.users.weight.detach(),
-                    model.items.weight.detach(), cfg.n_negatives, cfg.margin, cfg.seed,
+                    model.items.weight.detach(), self.n_negatives, cfg.margin, cfg.seed,
                     epoch * n_steps + step, backend=backend)
                 ok = neg >= 0  # a user who has every item has no negative
                 u, p, neg, viol = u[ok], p[ok], neg[ok], viol[ok]
                 d_pos, d_neg = model.distance(u, p), model.distance(u, neg)
-                loss = triplet(d_pos, d_neg, viol, cfg.n_negatives)
+                loss = triplet(d_pos, d_neg, viol, self.n_negatives)
                 if cfg.cov_weight:
                     rows = torch.cat([model.users(u), model.items(p), model.items(neg)])
                     loss = loss + cfg.cov_weight * cov(rows)

@@ -58,16 +58,39 @@ def test_evaluate_writes_the_json_contract(tmp_path, csv_path, capsys):
     assert "| cml |" in capsys.readouterr().out
 
 
+def test_evaluate_per_user_csv(tmp_path, csv_path, capsys):
+    import pandas as pd
+
+    ratings, _ = csv_path
+    js, pu = tmp_path / "eval.json", tmp_path / "out" / "per_user.csv"
+    assert main(["evaluate", str(ratings), "-k", "5", "--models", "popularity,bpr",
+                 "--json", str(js), "--per-user", str(pu), *TRAIN]) == 0
+    assert f"wrote per-user metrics to {pu}" in capsys.readouterr().out
+    df = pd.read_csv(pu, dtype={"user": str})
+    assert list(df.columns[:3]) == ["user", "model", "n_test"]
+    assert len(df) == 2 * 40 and set(df["model"]) == {"popularity", "bpr"}
+    assert set(df["user"]) == {f"u{i}" for i in range(40)}
+    res = json.loads(js.read_text())
+    assert "per_user" not in res
+    for name, g in df.groupby("model"):
+        for key in ("HR@5", "NDCG@5", "MRR", "AUC"):
+            assert g[key].mean() == pytest.approx(res["models"][name][key]), (name, key)
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["train", "missing.csv", "--out", "M"], "missing.csv: no such file"),
     (["recommend", "nowhere", "--user", "1"], "not a recsys-metric model directory"),
     (["evaluate", "RATINGS", "--models", "cml,knn"], "unknown model(s) knn"),
     (["train", "RATINGS", "--out", "M", "--dim", "0"], "dim must be an integer >= 1"),
     (["train", "RATINGS", "--out", "M", "--config", "nope.json"], "nope.json: cannot read"),
+    (["compare", "RATINGS", "--out", "M", "--models", "cml,knn"], "unknown model(s) knn"),
+    (["compare", "RATINGS", "--out", "M", "--alpha", "1.5"], "--alpha must be in (0, 1)"),
+    (["compare", "missing.csv", "--out", "M"], "missing.csv: no such file"),
+    (["evaluate", "RATINGS", "--per-user", "DIR"], "--per-user expects a file path"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, csv_path, capsys, argv, needle):
-    argv = [a.replace("RATINGS", str(csv_path[0])).replace("M", str(tmp_path / "m"))
-            if a in ("RATINGS", "M") else a for a in argv]
+    subst = {"RATINGS": str(csv_path[0]), "M": str(tmp_path / "m"), "DIR": str(tmp_path)}
+    argv = [subst.get(a, a) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
@@ -87,7 +110,18 @@ def test_unknown_user_and_bad_rows(tmp_path, csv_path, capsys):
     assert not (tmp_path / "m2").exists()
 
 
+def test_compare_out_must_be_a_directory(tmp_path, csv_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert main(["compare", str(csv_path[0]), "--out", str(f), "--models", "popularity"]) == 2
+    err = capsys.readouterr().err
+    assert "--out must be a directory" in err and "Traceback" not in err
+
+
 def test_argparse_errors_exit_2():
     with pytest.raises(SystemExit) as e:
         main(["recommend", "x", "--user", "1", "-k", "0"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "x", "--out", "d", "--n-boot", "0"])
     assert e.value.code == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys_metric.evaluation import evaluate_ranking
+from recsys_metric.evaluation import evaluate_ranking, popularity_rank
 
 
 class FixedScores:
@@ -29,14 +29,26 @@ def csr(pairs, shape):
     return sp.csr_matrix((np.ones(len(pairs), np.float32), (rows, cols)), shape=shape)
 
 
+def reference_popularity_rank(train):
+    """Rank 1 = most train interactions; tied items share the average of their ranks."""
+    counts = [len(train[:, i].indices) for i in range(train.shape[1])]
+    ranks = []
+    for c in counts:
+        above = sum(1 for x in counts if x > c)
+        tied = sum(1 for x in counts if x == c)
+        ranks.append(above + (tied + 1) / 2)
+    return ranks
+
+
 def reference(scores, train, test, ks):
     """Slow reference: one Python loop per user, ranking by (-score, item index)."""
     n_users, n_items = train.shape
-    per = {"MRR": []}
+    per = {"MRR": [], "AUC": []}
     for k in ks:
-        for name in ("HR", "NDCG", "Recall", "Precision", "MAP"):
+        for name in ("HR", "NDCG", "Recall", "Precision", "MAP", "Novelty"):
             per[f"{name}@{k}"] = []
     covered = {k: set() for k in ks}
+    pop = reference_popularity_rank(train)
     for u in range(n_users):
         t_items = set(test[u].indices.tolist())
         if not t_items:
@@ -46,9 +58,18 @@ def reference(scores, train, test, ks):
         ranking = sorted(cand, key=lambda i: (-float(scores[u, i]), i))
         hit_ranks = [r + 1 for r, i in enumerate(ranking) if i in t_items]
         per["MRR"].append(1.0 / hit_ranks[0] if hit_ranks else 0.0)
+        # AUC over (test item, item in neither train nor test) pairs; ties half; a test item
+        # also in train loses every pair.
+        negs = [j for j in range(n_items) if j not in seen and j not in t_items]
+        pairs = [(t, j) for t in t_items for j in negs]
+        won = sum(0.0 if t in seen else 1.0 if scores[u, t] > scores[u, j]
+                  else 0.5 if scores[u, t] == scores[u, j] else 0.0 for t, j in pairs)
+        per["AUC"].append(won / len(pairs) if pairs else math.nan)
         for k in ks:
             top = ranking[:k]
             covered[k].update(top)
+            per[f"Novelty@{k}"].append(float(np.mean([pop[i] for i in top])) if top
+                                       else math.nan)
             hits = [r for r in hit_ranks if r <= k]
             dcg = sum(1.0 / math.log2(r + 1) for r in hits)
             idcg = sum(1.0 / math.log2(r + 1) for r in range(1, min(k, len(t_items)) + 1))
@@ -58,7 +79,7 @@ def reference(scores, train, test, ks):
             per[f"Recall@{k}"].append(len(hits) / len(t_items))
             per[f"Precision@{k}"].append(len(hits) / k)
             per[f"MAP@{k}"].append(ap)
-    res = {key: float(np.mean(v)) for key, v in per.items()}
+    res = {key: float(np.nanmean(v)) for key, v in per.items()}
     for k in ks:
         res[f"Coverage@{k}"] = len(covered[k]) / n_items
     res["users"] = len(per["MRR"])
@@ -155,6 +176,49 @@ def test_users_without_test_items_are_skipped_and_per_user_export():
     assert all(1 not in call for call in model.calls)  # user 1 never scored
 
 
+def test_auc_known_answers():
+    # Ranking 0 > 1 > 2 > 3. User 0 tests item 0 (beats all 3 negatives), user 1 tests item 2
+    # (beats only item 3 of its negatives 0, 1, 3), user 2 has constant scores (all ties: 0.5).
+    scores = [[0.9, 0.5, 0.1, 0.0], [0.9, 0.5, 0.1, 0.0], [1.0, 1.0, 1.0, 1.0]]
+    test = csr([(0, 0), (1, 2), (2, 1)], (3, 4))
+    res = evaluate_ranking(FixedScores(scores), csr([], (3, 4)), test, k=1, per_user=True)
+    np.testing.assert_allclose(res["per_user"]["AUC"], [1.0, 1 / 3, 0.5])
+    assert res["AUC"] == pytest.approx((1 + 1 / 3 + 0.5) / 3)
+
+
+def test_auc_excludes_train_and_other_test_items_from_negatives():
+    # Item 0 is in train (not a negative although it scores highest); test items 1 and 3;
+    # negatives 2 and 4. Item 1 beats both, item 3 beats item 4 only: 3 of 4 pairs.
+    model = FixedScores([[9.0, 5.0, 4.0, 3.0, 1.0]])
+    res = evaluate_ranking(model, csr([(0, 0)], (1, 5)), csr([(0, 1), (0, 3)], (1, 5)), k=2)
+    assert res["AUC"] == pytest.approx(0.75)
+    # A test item also in train loses its pairs: 1 of 2 test items left, AUC halves.
+    res = evaluate_ranking(model, csr([(0, 0), (0, 3)], (1, 5)),
+                           csr([(0, 1), (0, 3)], (1, 5)), k=2)
+    assert res["AUC"] == pytest.approx((2 + 0) / (2 * 2))
+
+
+def test_auc_undefined_without_negatives():
+    model = FixedScores([[1.0, 0.0], [1.0, 0.0]])
+    res = evaluate_ranking(model, csr([(0, 1)], (2, 2)), csr([(0, 0), (1, 0)], (2, 2)), k=1,
+                           per_user=True)
+    # User 0: item 1 in train, item 0 in test: no negative. User 1: AUC 1.
+    np.testing.assert_allclose(res["per_user"]["AUC"], [np.nan, 1.0])
+    assert res["AUC"] == 1.0  # averaged over the users where it is defined
+
+
+def test_novelty_is_the_mean_popularity_rank_of_the_top_k():
+    # Train counts per item: [3, 2, 2, 0, 1] -> popularity ranks [1, 2.5, 2.5, 5, 4].
+    train = csr([(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2), (2, 2), (1, 4)], (4, 5))
+    np.testing.assert_allclose(popularity_rank(train), [1, 2.5, 2.5, 5, 4])
+    scores = np.tile(np.array([5.0, 4.0, 3.0, 2.0, 1.0], np.float32), (4, 1))
+    test = csr([(3, 3)], (4, 5))  # only user 3 (no train items) is evaluated
+    res = evaluate_ranking(FixedScores(scores), train, test, k=(1, 2, 5))
+    assert res["Novelty@1"] == pytest.approx(1.0)  # item 0
+    assert res["Novelty@2"] == pytest.approx((1 + 2.5) / 2)  # items 0, 1
+    assert res["Novelty@5"] == pytest.approx((1 + 2.5 + 2.5 + 5 + 4) / 5)
+
+
 def test_no_test_users():
     res = evaluate_ranking(FixedScores([[0.0, 1.0]]), csr([], (1, 2)), csr([], (1, 2)), k=(1,))
     assert res["users"] == 0 and res["HR@1"] == 0.0 and res["MRR"] == 0.0
@@ -222,6 +286,26 @@ def test_model_minus_inf_scores_are_excluded_like_train_items():
     ks = (1, 5, 12)
     want, _ = reference(scores, train, test, ks)
     assert_matches(evaluate_ranking(FixedScores(scores), train, test, k=ks, batch_size=9), want)
+
+
+@pytest.mark.parametrize("integer_scores", [False, True])
+def test_many_test_items_per_user_match_reference(integer_scores):
+    # ~20 test items per user: AUC takes its sort-and-search path (more than 8 per row).
+    rng = np.random.default_rng(11)
+    n_users, n_items = 30, 60
+    scores = (rng.integers(0, 4, size=(n_users, n_items)).astype(np.float32) if integer_scores
+              else rng.standard_normal((n_users, n_items)).astype(np.float32))
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    state = rng.random((n_users, n_items))
+    train = (state < 0.3).astype(np.float32)
+    test = ((state >= 0.3) & (state < 0.65)).astype(np.float32)
+    train[0, :2] = test[0, :3] = 1.0  # leaked pairs: their test items lose every pair
+    train, test = sp.csr_matrix(train), sp.csr_matrix(test)
+    ks = (1, 5, 20)
+    want, per = reference(scores, train, test, ks)
+    got = evaluate_ranking(FixedScores(scores), train, test, k=ks, batch_size=8, per_user=True)
+    assert_matches(got, want)
+    np.testing.assert_allclose(got["per_user"]["AUC"], per["AUC"], atol=1e-12)
 
 
 def test_batch_size_does_not_change_results():

@@ -1,0 +1,293 @@
+"""CPU negative sampling and CML training throughput vs the torch reference and implicit's BPR.
+
+(a) hardest-of-U negatives/s and peak memory: numba CPU path vs ``reference.hardest_negatives``,
+    U in {1, 10, 50} x dim in {32, 64, 128}, each config in a fresh subprocess so that the
+    ``ru_maxrss`` growth over the warmed-up process is that config's own peak.
+(b) end-to-end training: ``cpu.train_epoch`` triplets/s (sampling included, U = 10 and 20, dim 64)
+    against ``implicit`` BPR samples/s (nnz * iterations / fit seconds) on the same matrix, run
+    interleaved in one process so both see the same machine load; best of the rounds is kept.
+
+Data: ML-1M (``../shared/datasets/ml-1m/ratings.dat``) when present, else a generated matrix of the
+same shape (6040 x 3706, ~1M nnz, Zipf-like item popularity, log-normal user degrees, seed 0).
+
+    python experiments/bench_sampling.py [--quick] [--out PATH] [--threads 2]
+
+The last line printed is one JSON object of the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy/implicit load OpenBLAS
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ML1M = ROOT.parent / "shared" / "datasets" / "ml-1m" / "ratings.dat"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)  # progress on stderr: stdout ends with the JSON line
+
+
+def load_matrix(seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """(indptr int64, indices int32 sorted per row, n_items, description)."""
+    if ML1M.exists():
+        raw = np.loadtxt(ML1M, delimiter="::", usecols=(0, 1), dtype=np.int64)
+        _, u = np.unique(raw[:, 0], return_inverse=True)
+        items, i = np.unique(raw[:, 1], return_inverse=True)
+        key = np.unique(u * len(items) + i)
+        u, i = key // len(items), key % len(items)
+        indptr = np.zeros(u.max() + 2, np.int64)
+        np.cumsum(np.bincount(u), out=indptr[1:])
+        return indptr, i.astype(np.int32), len(items), "ML-1M"
+    n_users, n_items, nnz = 6040, 3706, 1_000_000
+    rng = np.random.default_rng(seed)
+    share = rng.lognormal(0.0, 1.0, n_users)
+    deg = 20 + share / share.sum() * (nnz - 20 * n_users)
+    deg = np.clip(deg, 20, n_items // 2).astype(np.int64)
+    log_pop = -0.9 * np.log(rng.permutation(n_items) + 1.0)  # Zipf-like popularity
+    indptr = np.zeros(n_users + 1, np.int64)
+    np.cumsum(deg, out=indptr[1:])
+    indices = np.empty(indptr[-1], np.int32)
+    for s in range(0, n_users, 512):  # Gumbel top-k: popularity-weighted, without replacement
+        keys = log_pop + rng.gumbel(size=(min(n_users, s + 512) - s, n_items))
+        for r, k in enumerate(keys):
+            d = deg[s + r]
+            indices[indptr[s + r] : indptr[s + r + 1]] = np.sort(np.argpartition(-k, d - 1)[:d])
+    desc = f"generated ML-1M-sized ({n_users} x {n_items}, {indptr[-1]:,} nnz, seed {seed})"
+    return indptr, indices, n_items, desc
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------- (a) sampler worker
+
+
+def sampler_worker(path: str, backend: str, U: int, dim: int, B: int, threads: int) -> dict:
+    import numba
+    import torch
+
+    from recsys_metric.sampling import cpu, reference
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+    z = np.load(path)
+    indptr, indices = torch.from_numpy(z["indptr"]), torch.from_numpy(z["indices"])
+    n_items = int(z["n_items"])
+    rng = np.random.default_rng(1)
+    pick = rng.integers(0, len(indices), B)
+    rows = np.searchsorted(z["indptr"], pick, side="right") - 1
+    users, pos = torch.from_numpy(rows), torch.from_numpy(z["indices"][pick].astype(np.int64))
+    ue = torch.randn(len(indptr) - 1, dim) / dim**0.5
+    ie = torch.randn(n_items, dim) / dim**0.5
+    fn = cpu.hardest_negatives if backend == "cpu" else reference.hardest_negatives
+    args = (indptr, indices, users, pos, ue, ie, U, 0.5)
+    fn(indptr, indices, users[:4096], pos[:4096], ue, ie, U, 0.5)  # JIT / allocator warm-up
+    base = maxrss_mb()
+    best = float("inf")
+    for rep in range(2):
+        t = time.perf_counter()
+        fn(*args, seed=0, offset=rep)
+        best = min(best, time.perf_counter() - t)
+    return {"pairs_per_s": B / best, "negs_per_s": B * U / best, "peak_mb": maxrss_mb() - base}
+
+
+def bench_sampler(path: str, configs, B: int, threads: int) -> list[dict]:
+    out = []
+    for k, (U, dim) in enumerate(configs):
+        for backend in ("cpu", "reference"):
+            log(f"[sampler {k + 1}/{len(configs)}] U={U} dim={dim} {backend} ...")
+            cmd = [sys.executable, __file__, "--_worker", path, backend, str(U), str(dim), str(B),
+                   str(threads)]
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+            out.append({"U": U, "dim": dim, "backend": backend,
+                        **json.loads(res.stdout.strip().splitlines()[-1])})
+    return out
+
+
+# ------------------------------------------------------------------------------ (b) training
+
+
+def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, block, seed=0) -> dict:
+    import numba
+
+    from recsys_metric.sampling import cpu
+
+    numba.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    n_users = len(indptr) - 1
+    pu = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(indptr))
+    pi = indices.astype(np.int32)
+
+    def init(n):  # CML init: N(0, 1/dim), rows clipped to the unit ball
+        x = rng.standard_normal((n, dim)).astype(np.float32) / np.float32(dim**0.5)
+        return x / np.maximum(1.0, np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    ue, ie = init(n_users), init(n_items)
+    ua, ia = np.zeros_like(ue), np.zeros_like(ie)
+    hp = dict(n_candidates=U, margin=1.9, lr=0.1, rank_weight=True, clip_norm=1.0, seed=seed,
+              block_size=block)
+    times, active = [], 0
+    for epoch in range(epochs + 1):  # epoch 0: JIT (or cache load) and the large first updates
+        t = time.perf_counter()
+        order = rng.permutation(len(pu))  # the caller's shuffle is part of an epoch's cost
+        _, a = cpu.train_epoch(indptr, indices, pu[order], pi[order], ue, ie, ua, ia,
+                               epoch=epoch, **hp)
+        times.append(time.perf_counter() - t)
+        active = a
+    dt = sum(times[1:])
+    # phase (a) alone at the trained state, to split the epoch into its parallel/sequential parts
+    import torch
+
+    t = time.perf_counter()
+    cpu.hardest_negatives(torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(pu),
+                          torch.from_numpy(pi), torch.from_numpy(ue), torch.from_numpy(ie), U,
+                          hp["margin"], seed=seed, offset=epochs + 1)
+    sample_dt = time.perf_counter() - t
+    return {"triplets_per_s": len(pu) * epochs / dt, "active": active / len(pu),
+            "sampling_ns": 1e9 * sample_dt / len(pu), "epoch_ns": 1e9 * dt / epochs / len(pu)}
+
+
+def bench_bpr(indptr, indices, n_items, iterations, threads, seed=0) -> dict:
+    import scipy.sparse as sp
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    m = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
+                      shape=(len(indptr) - 1, n_items))
+    model = BayesianPersonalizedRanking(factors=64, iterations=iterations, num_threads=threads,
+                                        random_state=seed)
+    t = time.perf_counter()
+    model.fit(m, show_progress=False)
+    return {"samples_per_s": m.nnz * iterations / (time.perf_counter() - t)}
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small grid, finishes in under a minute")
+    ap.add_argument("--out", type=Path, help="also write the markdown tables here")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block", type=int, default=4096, help="train_epoch block_size")
+    ap.add_argument("--_worker", nargs=6, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._worker:
+        path, backend, U, dim, B, threads = args._worker
+        print(json.dumps(sampler_worker(path, backend, int(U), int(dim), int(B), int(threads))))
+        return {}
+
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    indptr, indices, n_items, desc = load_matrix()
+    quick = args.quick
+    configs = [(10, 64)] if quick else [(U, d) for U in (1, 10, 50) for d in (32, 64, 128)]
+    B = 20_000 if quick else 100_000
+    rounds, epochs, iters = (1, 1, 2) if quick else (3, 2, 5)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "csr.npz")
+        np.savez(path, indptr=indptr, indices=indices, n_items=n_items)
+        sampler = bench_sampler(path, configs, B, args.threads)
+
+    runs = {}
+    for th in [args.threads] + ([] if quick or args.threads == 1 else [1]):
+        runs[("bpr", th)] = lambda th=th: bench_bpr(indptr, indices, n_items, iters, th)
+        for U in (10, 20):
+            runs[(f"cml_u{U}", th)] = lambda th=th, U=U: bench_cml(
+                indptr, indices, n_items, U, 64, epochs, th, args.block)
+    best: dict[tuple, dict] = {}
+    for r in range(rounds):  # interleaved, so a burst of load on the shared machine hits all
+        for k, (key, run) in enumerate(runs.items()):
+            log(f"[train round {r + 1}/{rounds}, {k + 1}/{len(runs)}] {key[0]} "
+                f"threads={key[1]} ...")
+            res = run()
+            rate = "samples_per_s" if key[0] == "bpr" else "triplets_per_s"
+            if key not in best or res[rate] > best[key][rate]:
+                best[key] = res
+
+    bpr = best[("bpr", args.threads)]["samples_per_s"]
+    lines = [
+        f"Data: {desc}. Threads: {args.threads} (numba, torch, implicit); OPENBLAS_NUM_THREADS=1. "
+        f"Load average at start {load0:.2f}, at end {os.getloadavg()[0]:.2f} "
+        f"({os.cpu_count()} cores, shared with other users).",
+        "",
+        f"### (a) Hardest-of-U negatives, {B:,} (user, positive) pairs per call, best of 2",
+        "",
+        "negatives/s = pairs x U / seconds (sampling + scoring). Peak = growth of ru_maxrss during "
+        "the timed calls, in a fresh warmed-up process.",
+        "",
+        "| U | dim | CPU negatives/s | reference negatives/s | speed-up | CPU peak MB "
+        "| reference peak MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for U, dim in configs:
+        c, r = (next(x for x in sampler if x["U"] == U and x["dim"] == dim and x["backend"] == b)
+                for b in ("cpu", "reference"))
+        lines.append(f"| {U} | {dim} | {c['negs_per_s'] / 1e6:.1f} M | "
+                     f"{r['negs_per_s'] / 1e6:.1f} M | {c['negs_per_s'] / r['negs_per_s']:.1f}x | "
+                     f"{c['peak_mb']:.0f} | {r['peak_mb']:.0f} |")
+    lines += [
+        "",
+        f"### (b) Training throughput, dim 64, best of {rounds} interleaved round(s)",
+        "",
+        f"CML: `train_epoch` (block_size {args.block}, margin 1.9, lr 0.1, rank weight, clip 1.0), "
+        f"{epochs} timed epoch(s) after one warm-up epoch, shuffle included; 'active' = share of "
+        f"pairs updated in the last epoch. BPR: implicit {iters} iterations, factors 64. Ratio: "
+        f"to BPR at the same thread count. Epoch and phase (a) in wall ns per pair; phase (a) = "
+        f"`hardest_negatives` over the same pairs at the trained state, the rest of an epoch is "
+        f"the sequential phase (b).",
+        "",
+        "| model | threads | per second | ratio to BPR | active | epoch ns/pair "
+        "| phase (a) ns/pair |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_u = {}
+    for (name, th), res in sorted(best.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        if name == "bpr":
+            lines.append(f"| implicit BPR | {th} | {res['samples_per_s'] / 1e6:.2f} M samples "
+                         f"| 1.00 | | {1e9 / res['samples_per_s']:.0f} | |")
+            continue
+        ratio = res["triplets_per_s"] / best[("bpr", th)]["samples_per_s"]
+        if th == args.threads:
+            by_u[int(name[5:])] = {"train_triplets_per_s": res["triplets_per_s"], "ratio": ratio}
+        lines.append(f"| CML U={name[5:]} | {th} | {res['triplets_per_s'] / 1e6:.2f} M triplets | "
+                     f"{ratio:.2f} | {res['active']:.2f} | {res['epoch_ns']:.0f} | "
+                     f"{res['sampling_ns']:.0f} |")
+    lines.append(f"\nTotal bench time {time.perf_counter() - t0:.0f} s.")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = " ".join(["python experiments/bench_sampling.py", *(argv or sys.argv[1:])])
+        args.out.write_text(f"# CPU sampling and training benchmark\n\nCommand: `{cmd}`\n\n"
+                            f"{table}\n")
+    worst = min(by_u, key=lambda u: by_u[u]["ratio"])  # the target is U=10..20: report the worse
+    summary = {
+        "train_triplets_per_s": round(by_u[worst]["train_triplets_per_s"]),
+        "implicit_bpr_samples_per_s": round(bpr),
+        "ratio": round(by_u[worst]["ratio"], 3),
+        "U": worst,
+        "by_U": {str(u): {k: round(v, 3) for k, v in d.items()} for u, d in by_u.items()},
+        "threads": args.threads,
+        "sampler": [{k: (round(v) if isinstance(v, float) and v > 100 else v) for k, v in x.items()}
+                    for x in sampler],
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

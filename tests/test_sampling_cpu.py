@@ -1,0 +1,312 @@
+"""CPU (numba) sampler and training epoch against the torch reference and a plain-numpy loop."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from recsys_metric.sampling import reference as ref
+
+cpu = pytest.importorskip("recsys_metric.sampling.cpu")
+if not cpu.HAS_NUMBA:
+    pytest.skip("numba not installed", allow_module_level=True)
+import numba  # noqa: E402
+
+
+def csr(rows, n_items):
+    """(indptr int64, indices int32) torch tensors from a list of item lists (sorted here)."""
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=indptr[1:])
+    indices = np.concatenate([np.sort(r) for r in rows] + [np.zeros(0)]).astype(np.int32)
+    assert all(0 <= i < n_items for i in indices)
+    return torch.from_numpy(indptr), torch.from_numpy(indices)
+
+
+def random_rows(rng, n_users, n_items, extra=()):
+    rows = [rng.choice(n_items, rng.integers(0, n_items // 2), replace=False)
+            for _ in range(n_users)]
+    return rows + [np.asarray(r) for r in extra]
+
+
+@pytest.fixture
+def no_bitset(monkeypatch):
+    monkeypatch.setattr(cpu, "BITSET_BUDGET_BYTES", -1)
+
+
+@pytest.fixture
+def threads():
+    """Restore numba's thread count after a test that changes it."""
+    n = numba.get_num_threads()
+    yield numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def test_never_returns_a_positive_and_bitset_only_changes_speed(monkeypatch):
+    rng = np.random.default_rng(0)
+    n_items = 40
+    rows = random_rows(rng, 60, n_items, extra=[[], np.arange(39), np.arange(n_items)])
+    indptr, indices = csr(rows, n_items)
+    users = torch.arange(len(rows)).repeat(3)
+    got = cpu.sample_uniform(indptr, indices, users, n_items, 200, seed=3, offset=1)
+    assert got.dtype == torch.int64 and got.shape == (len(users), 200)
+    for b, u in enumerate(users.tolist()):
+        if len(rows[u]) == n_items:
+            assert (got[b] == -1).all()
+        else:
+            assert got[b].min() >= 0 and got[b].max() < n_items
+            assert not np.isin(got[b].numpy(), rows[u]).any()
+    monkeypatch.setattr(cpu, "BITSET_BUDGET_BYTES", -1)  # membership by binary search instead
+    assert torch.equal(got, cpu.sample_uniform(indptr, indices, users, n_items, 200, 3, 1))
+
+
+@pytest.mark.parametrize("bitset", [True, False])
+@pytest.mark.parametrize("deg", [0, 3, 15, 26])  # rejection only ... mostly the rank map
+def test_uniform_over_non_positives(request, bitset, deg):
+    if not bitset:
+        request.getfixturevalue("no_bitset")
+    n_items = 30
+    rng = np.random.default_rng(deg)
+    pos = rng.choice(n_items, deg, replace=False)
+    indptr, indices = csr([pos], n_items)
+    got = cpu.sample_uniform(indptr, indices, torch.zeros(3000, dtype=torch.long), n_items, 20)
+    counts = np.bincount(got.numpy().ravel(), minlength=n_items)
+    assert counts[pos].sum() == 0
+    free = np.setdiff1d(np.arange(n_items), pos)
+    assert chisquare(counts[free]).pvalue > 1e-3
+
+
+def test_reproducible_and_thread_independent(threads):
+    rng = np.random.default_rng(1)
+    indptr, indices = csr(random_rows(rng, 100, 50), 50)
+    users = torch.from_numpy(rng.integers(0, 100, 5000))
+    a = cpu.sample_uniform(indptr, indices, users, 50, 10, seed=7, offset=2)
+    assert torch.equal(a, cpu.sample_uniform(indptr, indices, users, 50, 10, seed=7, offset=2))
+    for seed, offset in ((7, 3), (8, 2)):
+        b = cpu.sample_uniform(indptr, indices, users, 50, 10, seed=seed, offset=offset)
+        assert (a != b).float().mean() > 0.5
+    if threads >= 2:
+        numba.set_num_threads(1)
+        assert torch.equal(a, cpu.sample_uniform(indptr, indices, users, 50, 10, seed=7, offset=2))
+
+
+def test_edge_cases():
+    n_items = 6
+    rows = [[], [0, 1, 2, 4, 5], list(range(n_items)), [1]]
+    indptr, indices = csr(rows, n_items)
+    got = cpu.sample_uniform(indptr, indices, torch.tensor([0, 1, 2, 3]), n_items, 300)
+    assert set(got[0].tolist()) == set(range(n_items))  # no positives: the whole catalogue
+    assert (got[1] == 3).all()  # every item but one
+    assert (got[2] == -1).all()  # every item: no negative
+    assert set(got[3].tolist()) == {0, 2, 3, 4, 5}  # U larger than the non-positives
+    g = torch.Generator().manual_seed(0)
+    emb_u, emb_i = torch.randn(4, 3, generator=g), torch.randn(n_items, 3, generator=g)
+    neg, viol = cpu.hardest_negatives(
+        indptr, indices, torch.tensor([2, 1]), torch.tensor([0, 0]), emb_u, emb_i, 5, 1.0
+    )
+    assert neg.tolist() == [-1, 3] and viol[0] == 0
+    empty = cpu.sample_uniform(indptr, indices, torch.zeros(0, dtype=torch.long), n_items, 4)
+    assert empty.shape == (0, 4)
+
+
+def test_single_item_catalogue_raises():
+    indptr, indices = csr([[0], []], 1)
+    with pytest.raises(ValueError, match="at least 2 items"):
+        cpu.sample_uniform(indptr, indices, torch.tensor([1]), 1, 3)
+    with pytest.raises(ValueError, match="at least 2 items"):
+        cpu.hardest_negatives(
+            indptr, indices, torch.tensor([1]), torch.tensor([0]), torch.ones(2, 2),
+            torch.ones(1, 2), 3, 1.0,
+        )
+    with pytest.raises(ValueError, match="at least 2 items"):
+        z = np.zeros((1, 2), np.float32)
+        cpu.train_epoch(
+            indptr.numpy(), indices.numpy(), np.zeros(1, np.int32), np.zeros(1, np.int32),
+            np.zeros((2, 2), np.float32), z, np.zeros((2, 2), np.float32), z.copy(),
+            n_candidates=2, margin=1.0, lr=0.1, rank_weight=True, clip_norm=1.0, seed=0, epoch=0,
+        )
+
+
+def test_given_candidates_match_reference_exactly():
+    rng = np.random.default_rng(2)
+    n_users, n_items, dim, B, U = 30, 25, 16, 400, 12
+    indptr, indices = csr(random_rows(rng, n_users, n_items), n_items)
+    g = torch.Generator().manual_seed(2)
+    ue, ie = torch.randn(n_users, dim, generator=g), torch.randn(n_items, dim, generator=g)
+    users = torch.from_numpy(rng.integers(0, n_users, B))
+    users[:60] = 0
+    ie[3] = ie[7] = ue[0]  # both at distance 0 from user 0: an exact tie, the first one wins
+    pos = torch.from_numpy(rng.integers(0, n_items, B))
+    cands = torch.from_numpy(rng.integers(-1, n_items, (B, U)))  # -1: invalid candidate
+    cands[:40, :2] = torch.tensor([7, 3])
+    cands[40:60, :3] = torch.tensor([3, 7, 3])  # duplicates tie too
+    cands[60:70] = -1  # no valid candidate at all
+    for margin in (0.0, 5.0, 50.0):
+        args = (indptr, indices, users, pos, ue, ie, U, margin)
+        want = ref.hardest_negatives(*args, candidates=cands)
+        got = cpu.hardest_negatives(*args, candidates=cands)
+        assert got[0].dtype == torch.int64 and got[1].dtype == torch.int32
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert (got[0][60:70] == -1).all()
+    assert (got[0][:40] == 7).all() and (got[0][40:60] == 3).all()
+
+
+def test_sampled_hardest_scores_the_sample_uniform_candidates():
+    rng = np.random.default_rng(3)
+    n_users, n_items, dim, B, U = 40, 50, 8, 500, 10
+    indptr, indices = csr(random_rows(rng, n_users, n_items, extra=[range(n_items)]), n_items)
+    g = torch.Generator().manual_seed(3)
+    ue, ie = torch.randn(n_users + 1, dim, generator=g), torch.randn(n_items, dim, generator=g)
+    users = torch.from_numpy(rng.integers(0, n_users + 1, B))
+    pos = torch.from_numpy(rng.integers(0, n_items, B))
+    cands = cpu.sample_uniform(indptr, indices, users, n_items, U, seed=5, offset=9)
+    want = ref.hardest_negatives(indptr, indices, users, pos, ue, ie, U, 2.0, candidates=cands)
+    got = cpu.hardest_negatives(indptr, indices, users, pos, ue, ie, U, 2.0, seed=5, offset=9)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def slow_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, margin, lr, rank_weight, clip, seed,
+               epoch, block):
+    """The train_epoch semantics in plain numpy, reusing the reference to score candidates."""
+    n_items = ie.shape[0]
+    cands = cpu.sample_uniform(
+        torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(pu.astype(np.int64)),
+        n_items, U, seed, epoch,
+    )
+    f32 = np.float32
+    loss, active = 0.0, 0
+    for s in range(0, len(pu), block):
+        e = min(len(pu), s + block)
+        neg, viol = ref.score_candidates(  # against the tables as they are at the block start
+            torch.from_numpy(ue.copy()), torch.from_numpy(ie.copy()),
+            torch.from_numpy(pu[s:e].astype(np.int64)), torch.from_numpy(pi[s:e].astype(np.int64)),
+            cands[s:e], margin,
+        )
+        for i in range(e - s):
+            n, m, u, p = int(neg[i]), int(viol[i]), pu[s + i], pi[s + i]
+            if m == 0 or n < 0:
+                continue
+            w = f32(np.log1p((n_items * m) // U)) if rank_weight else f32(1.0)
+            h = f32(margin) + ((ue[u] - ie[p]) ** 2).sum() - ((ue[u] - ie[n]) ** 2).sum()
+            if h <= 0:
+                continue
+            loss += float(w * h)
+            active += 1
+            grads = [(ue, ua, u, 2 * w * (ie[n] - ie[p])), (ie, ia, p, -2 * w * (ue[u] - ie[p])),
+                     (ie, ia, n, 2 * w * (ue[u] - ie[n]))]
+            for emb, acc, r, g in grads:
+                acc[r] += g * g
+                emb[r] -= f32(lr) * g / (np.sqrt(acc[r]) + f32(1e-10))
+                norm = np.sqrt((emb[r] ** 2).sum())
+                if clip > 0 and norm > clip:
+                    emb[r] *= f32(clip) / norm
+    return loss, active
+
+
+def toy_problem(seed=0, n_users=25, n_items=20, dim=6):
+    rng = np.random.default_rng(seed)
+    rows = random_rows(rng, n_users - 1, n_items, extra=[np.arange(n_items - 1)])
+    indptr, indices = (t.numpy() for t in csr(rows, n_items))
+    pu = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(indptr))
+    pi = indices.copy()
+    order = rng.permutation(len(pu))
+    ue = (rng.standard_normal((n_users, dim)) * 0.3).astype(np.float32)
+    ie = (rng.standard_normal((n_items, dim)) * 0.3).astype(np.float32)
+    return indptr, indices, pu[order], pi[order], ue, ie
+
+
+@pytest.mark.parametrize("rank_weight,clip", [(True, 1.0), (False, 0.0)])
+def test_train_epoch_matches_slow_loop(rank_weight, clip):
+    indptr, indices, pu, pi, ue, ie = toy_problem()
+    kw = dict(margin=0.8, lr=0.05, rank_weight=rank_weight, seed=11)
+    fast = [ue.copy(), ie.copy(), np.zeros_like(ue), np.zeros_like(ie)]
+    slow = [a.copy() for a in fast]
+    for epoch in range(3):
+        got = cpu.train_epoch(indptr, indices, pu, pi, *fast, n_candidates=5, clip_norm=clip,
+                              epoch=epoch, block_size=16, **kw)
+        want = slow_epoch(indptr, indices, pu, pi, *slow, U=5, clip=clip, epoch=epoch, block=16,
+                          **kw)
+        assert got[1] == want[1] > 0
+        assert got[0] == pytest.approx(want[0], rel=1e-4)
+        for a, b in zip(fast, slow):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_train_epoch_bit_identical_on_1_and_2_threads(threads):
+    if threads < 2:
+        pytest.skip("numba has a single thread here")
+    indptr, indices, pu, pi, ue, ie = toy_problem(seed=4, n_users=300, n_items=120, dim=16)
+    out = []
+    for n in (1, 2):
+        numba.set_num_threads(n)
+        arrays = [ue.copy(), ie.copy(), np.zeros_like(ue), np.zeros_like(ie)]
+        res = [cpu.train_epoch(indptr, indices, pu, pi, *arrays, n_candidates=10, margin=0.5,
+                               lr=0.1, rank_weight=True, clip_norm=1.0, seed=1, epoch=e,
+                               block_size=256) for e in range(2)]
+        out.append((res, arrays))
+    assert out[0][0] == out[1][0]
+    for a, b in zip(out[0][1], out[1][1]):
+        assert np.array_equal(a, b)
+
+
+def test_train_epoch_learns_planted_clusters_within_clip_norm():
+    rng = np.random.default_rng(5)
+    n, dim, clip = 40, 8, 1.0
+    half = n // 2
+    rows = [rng.choice(half, 15, replace=False) + (u >= half) * half for u in range(n)]
+    indptr, indices = (t.numpy() for t in csr(rows, n))
+    pu = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
+    pi = indices.copy()
+    ue = (rng.standard_normal((n, dim)) * 0.1).astype(np.float32)
+    ie = (rng.standard_normal((n, dim)) * 0.1).astype(np.float32)
+    ua, ia = np.zeros_like(ue), np.zeros_like(ie)
+    losses = []
+    for epoch in range(12):
+        order = rng.permutation(len(pu))
+        loss, active = cpu.train_epoch(
+            indptr, indices, pu[order], pi[order], ue, ie, ua, ia, n_candidates=10, margin=0.5,
+            lr=0.1, rank_weight=True, clip_norm=clip, seed=0, epoch=epoch, block_size=64,
+        )
+        losses.append(loss / len(pu))
+    assert losses[-1] < 0.15 * losses[0]
+    assert np.linalg.norm(ue, axis=1).max() <= clip * (1 + 1e-5)
+    assert np.linalg.norm(ie, axis=1).max() <= clip * (1 + 1e-5)
+    d = ((ue[:, None] - ie[None]) ** 2).sum(-1)
+    same = np.equal.outer(np.arange(n) >= half, np.arange(n) >= half)
+    assert (np.where(same, d, 0).sum(1) / half < np.where(~same, d, 0).sum(1) / half).all()
+
+
+def test_train_epoch_rejects_bad_tables():
+    indptr, indices, pu, pi, ue, ie = toy_problem()
+    with pytest.raises(ValueError, match="float32"):
+        cpu.train_epoch(indptr, indices, pu, pi, ue.astype(np.float64), ie, np.zeros_like(ue),
+                        np.zeros_like(ie), n_candidates=3, margin=1.0, lr=0.1, rank_weight=True,
+                        clip_norm=1.0, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="pair_items"):
+        cpu.train_epoch(indptr, indices, pu, pi + 100, ue, ie, np.zeros_like(ue),
+                        np.zeros_like(ie), n_candidates=3, margin=1.0, lr=0.1, rank_weight=True,
+                        clip_norm=1.0, seed=0, epoch=0)
+
+
+def test_imports_without_numba():
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import torch\n"
+        "from recsys_metric.sampling import cpu\n"
+        "assert not cpu.HAS_NUMBA\n"
+        "try:\n"
+        "    cpu.sample_uniform(torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int32),"
+        " torch.tensor([0]), 3, 2)\n"
+        "except ImportError:\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
