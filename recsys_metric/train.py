@@ -37,7 +37,7 @@ class TrainConfig:
     see ``experiments/results/defaults.md``)."""
 
     dim: int = 32
-    margin: float = 1.0
+    margin: float = 1.5
     # U: candidates drawn per (user, positive) pair, the hardest is used. None = auto: 1% of the
     # catalogue within [10, 100], so the negative is about as hard on 500 items as on 10,000.
     n_negatives: int | None = None
@@ -119,13 +119,17 @@ class Trainer:
     """Fits a :class:`CML` model to a users x items CSR matrix of positives.
 
     ``callbacks`` are called after each epoch as ``cb(epoch, logs)``; returning True stops.
+    With ``valid``, the logs hold ``val_NDCG@10`` and ``val_HR@10`` (early stopping uses the
+    former), plus ``val_<key>`` for each :func:`~recsys_metric.evaluation.evaluate_ranking` key in
+    ``valid_metrics`` (e.g. ``"Recall@20"``, ``"MRR"``).
     """
 
     def __init__(self, config: TrainConfig | None = None, callbacks: Sequence[Callback] = (),
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, valid_metrics: Sequence[str] = ()) -> None:
         self.config = (config or TrainConfig()).validate()
         self.callbacks = list(callbacks)
         self.show_progress = show_progress
+        self.valid_metrics = list(valid_metrics)
 
     def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> TrainResult:
         cfg = self.config
@@ -157,8 +161,10 @@ class Trainer:
                     "triplets_per_s": train.nnz / max(secs, 1e-9)}
             if valid is not None and valid.nnz:
                 from .evaluation import evaluate_ranking
-                m = evaluate_ranking(_Scorer(model), train, valid, k=(10,))
+                ks = {10, *(int(key.split("@")[1]) for key in self.valid_metrics if "@" in key)}
+                m = evaluate_ranking(_Scorer(model), train, valid, k=sorted(ks))
                 logs["val_NDCG@10"], logs["val_HR@10"] = m["NDCG@10"], m["HR@10"]
+                logs.update({f"val_{key}": float(m[key]) for key in self.valid_metrics})
                 if m["NDCG@10"] > best:
                     best, waited, result.best_epoch = m["NDCG@10"], 0, epoch + 1
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
