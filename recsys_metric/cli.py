@@ -1,4 +1,4 @@
-"""``recsys-metric``: train | recommend | similar | evaluate | compare | demo.
+"""``recsys-metric``: train | recommend | similar | evaluate | compare | tune | demo.
 
 A user's mistake (bad file, unknown id, bad argument) prints one line on stderr and exits 2;
 never a traceback.
@@ -35,8 +35,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ratings", help="ratings file: CSV/TSV with or without header, '::', Parquet")
+def _add_data_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("ratings", nargs="?" if optional else None,
+                   help="ratings file: CSV/TSV with or without header, '::', Parquet"
+                        + (" (or give --train and --test)" if optional else ""))
     p.add_argument("--user-col"), p.add_argument("--item-col")
     p.add_argument("--rating-col"), p.add_argument("--time-col")
     p.add_argument("--sep", help="field separator (sniffed when omitted)")
@@ -75,6 +77,76 @@ def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
 def _read(args: argparse.Namespace):
     return read_ratings(args.ratings, args.user_col, args.item_col, args.rating_col,
                         args.time_col, args.sep, args.min_rating)
+
+
+def _add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """Flags of evaluate and compare for the protocols of recsys_metric.protocols."""
+    g = p.add_argument_group("protocols")
+    g.add_argument("--cut", help="temporal protocol: a fraction in (0, 1) (quantile of time, "
+                                 "default 0.8), a timestamp or a date")
+    g.add_argument("--train", metavar="FILE", help="pre-split data: the train file (with --test;"
+                                                   " used as is, instead of RATINGS)")
+    g.add_argument("--test", metavar="FILE", help="pre-split data: the test file")
+    g.add_argument("--format", default="auto", choices=("auto", "ratings", "lightgcn"),
+                   help="input format: 'lightgcn' is 'user item item ...' per line (LightGCN/NGCF"
+                        " benchmarks); auto detects it (default)")
+    g.add_argument("--negatives", metavar="FILE",
+                   help="sampled protocol (papers only): NCF .test.negative file "
+                        "'(user,item)<TAB>neg...' or a user,item table of negatives")
+    g.add_argument("--sample-negatives", type=_positive, metavar="N",
+                   help="sampled protocol (papers only): N uniform non-interacted items per user")
+    g.add_argument("--index", default="exact", choices=("exact", "annoy"),
+                   help="annoy: also rank CML's test users through its Annoy index and report "
+                        "the metric lost to approximation")
+    g.add_argument("--approximate", dest="index", action="store_const", const="annoy",
+                   help="same as --index annoy")
+
+
+def _inputs(args: argparse.Namespace):
+    """``(data, kwargs)`` for run_comparison from the protocol flags; checks them before any
+    file is read."""
+    from .protocols import parse_cut, read_interactions, read_split
+
+    if args.negatives and args.sample_negatives:
+        raise ValueError("--negatives and --sample-negatives: give one, not both")
+    if args.negatives and not Path(args.negatives).is_file():
+        raise ValueError(f"{args.negatives}: no such file")
+    kw = {"negatives": args.negatives, "sample_negatives": args.sample_negatives or 0,
+          "approximate": args.index == "annoy"}
+    read_kw = {"user_col": args.user_col, "item_col": args.item_col, "rating_col":
+               args.rating_col, "time_col": args.time_col, "sep": args.sep,
+               "min_rating": args.min_rating}
+    if args.train or args.test:
+        if not (args.train and args.test):
+            raise ValueError("--train and --test go together: give both")
+        if args.ratings:
+            raise ValueError("give a RATINGS file or --train/--test, not both")
+        if args.protocol or args.cut is not None:
+            raise ValueError(f"{'--protocol' if args.protocol else '--cut'} does not apply to "
+                             "--train/--test: the given split is used as is")
+        presplit = read_split(args.train, args.test, args.format, **read_kw)
+        return None, {**kw, "protocol": "pre-split", "presplit": presplit,
+                      "dataset": args.train}
+    if not args.ratings:
+        raise ValueError("give a RATINGS file, or --train and --test")
+    protocol = args.protocol or "leave-last-out"
+    if args.cut is not None and protocol != "temporal":
+        raise ValueError("--cut applies to --protocol temporal only")
+    cut = parse_cut(args.cut) if args.cut is not None else None
+    data = read_interactions(args.ratings, args.format, **read_kw)
+    return data, {**kw, "protocol": protocol, "cut": cut, "dataset": args.ratings}
+
+
+def _print_extras(result: dict) -> None:
+    """The sampled metrics (with their warning on stderr) and CML through Annoy, if asked."""
+    from .protocols import SAMPLED_WARNING
+    from .report import extra_tables, main_k
+
+    if "sampled" in result:
+        print(f"recsys-metric: {SAMPLED_WARNING}", file=sys.stderr)
+    extra = extra_tables(result, main_k(result["k"]))
+    if extra:
+        print("\n" + extra)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -127,10 +199,12 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def _split_line(args: argparse.Namespace, result: dict) -> str:
+    from .report import unseen_line
+
     s = result["split"]
-    return (f"{args.ratings}: {args.protocol}, {s['users']} users, {s['items']} items, "
-            f"train {s['train']}, test {s['test']} ({s['test_users']} users); full ranking, "
-            "train items excluded")
+    return (f"{result['dataset']}: {result['protocol']}, {s['users']} users, {s['items']} items,"
+            f" train {s['train']}, test {s['test']} ({s['test_users']} users); full ranking, "
+            "train items excluded" + ("\n" + unseen_line(s) if "test_pairs_unseen" in s else ""))
 
 
 def _check_output_file(path: str | None, flag: str) -> None:
@@ -154,12 +228,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_output_file(args.json, "--json")
     _check_output_file(args.per_user, "--per-user")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's ALS warns otherwise
-    data = _read(args)
-    result = run_comparison(data, args.protocol, models, args.k, config, config.seed,
-                            dataset=args.ratings, show_progress=not args.quiet,
-                            per_user=bool(args.per_user))
+    data, extra = _inputs(args)
+    result = run_comparison(data, extra.pop("protocol"), models, args.k, config, config.seed,
+                            show_progress=not args.quiet, per_user=bool(args.per_user), **extra)
     print(_split_line(args, result))
     print(format_table(result))
+    _print_extras(result)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(json_ready(result), indent=2))
@@ -185,15 +259,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0.0 < args.alpha < 1.0:
         raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    data = _read(args)
-    result = run_comparison(data, args.protocol, models, args.k, config, config.seed,
-                            dataset=args.ratings, show_progress=not args.quiet,
-                            per_user=True, n_boot=args.n_boot, alpha=args.alpha)
+    data, extra = _inputs(args)
+    result = run_comparison(data, extra.pop("protocol"), models, args.k, config, config.seed,
+                            show_progress=not args.quiet, **extra,
+                            per_user=True, n_boot=args.n_boot, alpha=args.alpha,
+                            tune_trials=args.trials if args.tune else 0,
+                            tune_space={"cml": _tune_space(args)})
     command = "recsys-metric " + shlex.join(getattr(args, "argv", None) or [])
-    paths = write_report(result, out, command=command.strip(), config=config.to_dict())
+    cml_config = result.get("tuned", {}).get("cml", {}).get("config") or config.to_dict()
+    paths = write_report(result, out, command=command.strip(), config=cml_config)
     k = main_k(result["k"])
     print(_split_line(args, result))
     print(markdown_tables(result, [k]))
+    _print_extras(result)
     paired = paired_table(result, [k])
     if paired:
         print(f"\nPaired tests against cml (K = {k}; every K in the report)\n\n{paired}")
@@ -201,6 +279,51 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _write_per_user(result, args.per_user)
         print(f"wrote per-user metrics to {args.per_user}")
     print(f"\nreport: {paths['report']} (results.json, plots, per_user.csv in {out})")
+    return 0
+
+
+def _tune_space(args: argparse.Namespace) -> dict:
+    """CML search-space overrides: a tuned parameter given as a flag is fixed to its value."""
+    from .tune import SPACES
+
+    return {k: getattr(args, k) for k in SPACES["cml"] if getattr(args, k, None) is not None}
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .compare import split
+    from .tune import check_metric, check_model, tune
+
+    model = check_model(args.model)
+    metric = check_metric(args.metric)
+    config = _config(args)
+    fixed = _tune_space(args)
+    if model != "cml" and fixed:
+        raise ValueError(f"--{next(iter(fixed)).replace('_', '-')} is a CML parameter; "
+                         f"it does not apply to --model {model}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    out = Path(args.out or f"tuned-{model}.json")
+    _check_output_file(str(out), "--out")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    data = _read(args)
+    train, _ = split(data, args.protocol, config.seed)  # the test part is set aside, never read
+    result = tune(train, model, args.trials, config.seed, metric=metric, timeout=args.timeout,
+                  show_progress=not args.quiet, base=config if model == "cml" else None,
+                  space=fixed or None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result["config"], indent=2) + "\n")
+    sizes = result["validation"]
+    print(f"{args.ratings}: {args.protocol}; tuned {model} on the train part only "
+          f"({train.nnz} interactions, test set aside): fit {sizes['fit']}, validation "
+          f"{sizes['valid']} ({sizes['valid_users']} users, each one's latest train item)")
+    print(f"{result['n_trials']} trials in {result['seconds']:.1f} s; best validation {metric}: "
+          f"{result['best_value']:.4f}")
+    print("best parameters: " + ", ".join(
+        f"{k}={'auto' if v is None else f'{v:.4g}' if isinstance(v, float) else v}"
+        for k, v in result["best_params"].items()))
+    use = (f"recsys-metric train {args.ratings} --config {out} --out MODEL" if model == "cml"
+           else f"recsys-metric compare {args.ratings} --tune (tunes {model} the same way)")
+    print(f"wrote {out}\nnext: {use}")
     return 0
 
 
@@ -271,9 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("evaluate", help="CML vs peers on one split, full ranking")
-    _add_data_args(p)
-    p.add_argument("--protocol", default="leave-last-out",
-                   choices=("leave-last-out", "random", "temporal"))
+    _add_data_args(p, optional=True)
+    p.add_argument("--protocol", choices=("leave-last-out", "random", "temporal"),
+                   help="how RATINGS is split (default leave-last-out)")
+    _add_protocol_args(p)
     p.add_argument("-k", type=_positive, nargs="+", default=[10], help="cut-offs (default 10)")
     p.add_argument("--models", default="cml,popularity,als,bpr")
     p.add_argument("--json", help="write the results as JSON (DESIGN.md contract)")
@@ -284,21 +408,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="CML vs peers on one split: a report with CIs, paired "
                                        "tests and plots")
-    _add_data_args(p)
+    _add_data_args(p, optional=True)
     p.add_argument("--models", default="cml,popularity,als,bpr")
     p.add_argument("--out", required=True, help="report directory (report.md, results.json, "
                                                 "plots, per_user.csv)")
     p.add_argument("-k", type=_positive, nargs="+", default=[1, 5, 10, 20, 50],
                    help="cut-offs (default 1 5 10 20 50)")
-    p.add_argument("--protocol", default="leave-last-out",
-                   choices=("leave-last-out", "random", "temporal"))
+    p.add_argument("--protocol", choices=("leave-last-out", "random", "temporal"),
+                   help="how RATINGS is split (default leave-last-out)")
+    _add_protocol_args(p)
     p.add_argument("--n-boot", type=_positive, default=1000,
                    help="bootstrap resamples of the test users (default 1000)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="1 - confidence level of the intervals (default 0.05: 95%%)")
     p.add_argument("--per-user", metavar="PATH", help="also write the per-user CSV here")
+    p.add_argument("--tune", action="store_true",
+                   help="first tune cml, als and bpr with the same number of trials on a "
+                        "validation split carved from train (CML flags given fix that parameter)")
+    p.add_argument("--trials", type=_positive, default=20,
+                   help="Optuna trials per model with --tune (default 20)")
     _add_train_args(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="search hyper-parameters on a validation split carved from "
+                                    "the train part (the test part is never read)")
+    _add_data_args(p)
+    p.add_argument("--model", default="cml", help="cml (default), als or bpr")
+    p.add_argument("--trials", type=_positive, default=20, help="Optuna trials (default 20)")
+    p.add_argument("--out", help="JSON file of the best config (default tuned-MODEL.json); for "
+                                 "cml, 'train --config' and 'evaluate --config' read it")
+    p.add_argument("--protocol", default="leave-last-out",
+                   choices=("leave-last-out", "random", "temporal"),
+                   help="the split whose train part is tuned on (as evaluate/compare)")
+    p.add_argument("--metric", default="NDCG@10", help="validation metric maximised "
+                                                       "(default NDCG@10)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    _add_train_args(p)  # base config; a tuned parameter given as a flag is fixed
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="train on the bundled books data, recommend, evaluate")
     p.add_argument("--out", default="models/books", help="where to save the demo model")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .data import Interactions
-from .evaluation import evaluate_ranking
+from .evaluation import evaluate_index, evaluate_ranking, sampled_metrics
+from .protocols import temporal_split
 from .split import leave_last_out, random_holdout, temporal
 from .train import TrainConfig
 
@@ -24,14 +26,14 @@ REFERENCE = "cml"  # the model every other one is paired with
 PAIRED_PREFIXES = ("HR@", "NDCG@", "Recall@", "Precision@", "MAP@", "MRR", "AUC")
 
 
-def split(data: Interactions, protocol: str, seed: int = 0
+def split(data: Interactions, protocol: str, seed: int = 0, cut: float | None = None
           ) -> tuple[Interactions, Interactions]:
     if protocol == "leave-last-out":
         return leave_last_out(data)
     if protocol == "random":
         return random_holdout(data, 0.2, seed)
     if protocol == "temporal":
-        return temporal(data, 0.8)
+        return temporal(data, 0.8 if cut is None else cut)
     raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
@@ -45,27 +47,87 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
 
 
 def fit_model(name: str, train: Interactions, config: TrainConfig, seed: int,
-              show_progress: bool = False):
-    """Fit model ``name`` on ``train``; the result has ``score_users`` for evaluation."""
+              show_progress: bool = False, params: dict | None = None, index: str = "exact"):
+    """Fit model ``name`` on ``train``; the result has ``score_users`` for evaluation.
+
+    ``config`` is CML's; ``params`` are a baseline's constructor arguments (e.g. tuned ones).
+    ``index`` is CML's serving index (its ``score_users`` is exact either way).
+    """
     if name == "cml":
         from .recommender import Recommender
 
-        return Recommender(config, index="exact").fit(train, show_progress=show_progress)
+        return Recommender(config, index=index).fit(train, show_progress=show_progress)
     from .baselines import make_baseline
 
-    return make_baseline(name, **({} if name == "popularity" else {"seed": seed})).fit(
-        train.matrix)
+    return make_baseline(name, **({} if name == "popularity" else {"seed": seed}),
+                         **(params or {})).fit(train.matrix)
 
 
-def run_comparison(data: Interactions, protocol: str = "leave-last-out",
+def tune_models(train: Interactions, names: Sequence[str], trials: int, config: TrainConfig,
+                seed: int = 0, show_progress: bool = True,
+                space: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Tune every tunable model of ``names`` with the same number of trials on ``train`` (the
+    train part only: :func:`recsys_metric.tune.tune` carves its validation split from it).
+    ``config`` gives CML's parameters that are not searched; ``space[model]`` overrides that
+    model's search space. Returns ``{model: tune result}``."""
+    from .tune import TUNABLE, tune
+
+    return {name: tune(train, name, trials, seed, show_progress=show_progress,
+                       base=config if name == "cml" else None, space=(space or {}).get(name))
+            for name in names if name in TUNABLE}
+
+
+def _negatives(result: dict, train: Interactions, test: Interactions,
+               negatives: str | Path | dict | None, sample_negatives: int, seed: int
+               ) -> dict[int, np.ndarray] | None:
+    """The sampled protocol's negatives per user (None when not asked); notes their source in
+    ``result["sampled"]``."""
+    from .protocols import read_negatives
+    from .protocols import sample_negatives as draw
+
+    if negatives is not None and sample_negatives:
+        raise ValueError("give negatives or sample_negatives, not both")
+    if isinstance(negatives, dict):
+        neg, source = negatives, "given"
+    elif negatives is not None:
+        neg, source = read_negatives(negatives, train.users, train.items), str(negatives)
+    elif sample_negatives:
+        neg = draw(train.matrix, test.matrix, sample_negatives, seed)
+        source = f"{sample_negatives} drawn uniformly per test user (seed {seed})"
+    else:
+        return None
+    result["sampled"] = {"negatives": source}
+    return neg
+
+
+def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
                    models: Sequence[str] = MODELS, k: Sequence[int] = (10,),
                    config: TrainConfig | None = None, seed: int = 0,
                    dataset: str | None = None, show_progress: bool = True,
-                   per_user: bool = False, n_boot: int = 0, alpha: float = 0.05) -> dict:
+                   per_user: bool = False, n_boot: int = 0, alpha: float = 0.05,
+                   tune_trials: int = 0, tune_space: dict[str, dict] | None = None,
+                   cut: float | None = None,
+                   presplit: tuple[Interactions, Interactions, dict] | None = None,
+                   negatives: str | Path | dict | None = None, sample_negatives: int = 0,
+                   approximate: bool = False) -> dict:
     """Split ``data``, fit each model on the train part, evaluate on the test part.
 
     Parameters
     ----------
+    cut : the temporal protocol's cut (:func:`recsys_metric.split.temporal`; default 0.8). The
+        temporal protocol drops test pairs whose user or item is unseen in train and counts them
+        in ``result["split"]`` (:func:`recsys_metric.protocols.temporal_split`).
+    presplit : ``(train, test, info)`` from :func:`recsys_metric.protocols.read_split`: used as
+        is (``data`` may be None; ``protocol`` becomes ``"pre-split"``; ``info`` joins
+        ``result["split"]``).
+    negatives, sample_negatives : the sampled protocol, for reproducing papers only: a negatives
+        file (:func:`recsys_metric.protocols.read_negatives`) or ``{user index: items}``, or
+        ``sample_negatives`` uniform negatives per test user (seeded). Adds ``sampled_*`` keys
+        (:func:`recsys_metric.evaluation.sampled_metrics`) to every model and
+        ``result["sampled"]``.
+    approximate : also rank CML's test users through an Annoy index (CML is then fitted with
+        ``index="annoy"``): adds ``annoy_*`` keys to ``result["models"]["cml"]``
+        (:func:`recsys_metric.evaluation.evaluate_index`).
     per_user : also return ``result["per_user"][model]``: numpy arrays aligned by position,
         ``user`` (raw ids), ``n_test`` and every per-user metric (see :func:`evaluate_ranking`).
         Not JSON: :func:`json_ready` drops it.
@@ -74,32 +136,74 @@ def run_comparison(data: Interactions, protocol: str = "leave-last-out",
         models, ``result["paired"][model][METRIC]``: a paired bootstrap test of CML minus that
         model over the same users (:func:`recsys_metric.stats.paired_test`). 0 skips both.
 
-    CML's per-epoch validation curve (present when ``config.patience > 0``) is returned as
-    ``result["validation"]["cml"]``: ``{"best_epoch": n, "history": [per-epoch dicts]}``.
+    tune_trials : > 0 first tunes CML, ALS and BPR (those in ``models``) with this many Optuna
+        trials each on a validation split carved from the train part (:func:`tune_models`; the
+        test part is never seen), then fits each with its best parameters on the whole train
+        part. ``result["tuned"][model]``: ``params``, ``config``, ``metric``, ``validation_value``,
+        ``n_trials``, ``seconds``, ``trials``. ``tune_space`` as in :func:`tune_models`.
+
+    CML's per-epoch validation curve (present when ``config.patience > 0``, or from the best
+    tuning trial) is returned as ``result["validation"]["cml"]``: ``{"best_epoch": n,
+    "history": [per-epoch dicts]}``.
     """
     from .stats import bootstrap_ci, paired_test
 
     config = config or TrainConfig(seed=seed)
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    train, test = split(data, protocol, seed)
+    info: dict[str, Any] = {}
+    if presplit is not None:
+        train, test, info = presplit
+        protocol = "pre-split"
+    elif protocol == "temporal":
+        train, test, info = temporal_split(data, 0.8 if cut is None else cut)
+    else:
+        train, test = split(data, protocol, seed, cut)
     result: dict[str, Any] = {
-        "dataset": dataset or data.source, "protocol": protocol, "k": list(k),
-        "split": {"users": data.n_users, "items": data.n_items, "train": train.nnz,
+        "dataset": dataset or (data.source if data is not None else train.source),
+        "protocol": protocol, "k": list(k),
+        "split": {"users": train.n_users, "items": train.n_items, "train": train.nnz,
                   "test": test.nnz,
-                  "test_users": int((np.diff(test.matrix.indptr) > 0).sum())},
+                  "test_users": int((np.diff(test.matrix.indptr) > 0).sum()), **info},
         "models": {},
     }
+    neg = _negatives(result, train, test, negatives, sample_negatives, seed)
+    if approximate and REFERENCE not in parse_models(models):
+        raise ValueError(f"evaluating through the Annoy index needs {REFERENCE} among the models")
     arrays: dict[str, dict[str, np.ndarray]] = {}
-    for name in parse_models(models):
+    names = parse_models(models)
+    tuned = (tune_models(train, names, tune_trials, config, seed, show_progress, tune_space)
+             if tune_trials else {})
+    if tuned:
+        result["tuned"] = {name: {"params": t["best_params"], "config": t["config"],
+                                  "metric": t["metric"], "validation_value": t["best_value"],
+                                  "n_trials": t["n_trials"], "seconds": t["seconds"],
+                                  "trials": t["trials"]} for name, t in tuned.items()}
+    for name in names:
         t0 = time.perf_counter()
-        model = fit_model(name, train, config, seed, show_progress)
+        tuned_config = tuned.get(name, {}).get("config")
+        model = fit_model(name, train,
+                          TrainConfig.from_dict(tuned_config) if name == "cml" and tuned_config
+                          else config, seed, show_progress,
+                          tuned_config if name != "cml" else None,
+                          index="annoy" if approximate else "exact")
         fit_seconds = time.perf_counter() - t0
         metrics = evaluate_ranking(model, train.matrix, test.matrix, k=k,
                                    per_user=per_user or n_boot > 0)
         arrays[name] = metrics.pop("per_user", {})
         metrics = {key: float(v) for key, v in metrics.items() if key != "users"}
         metrics["fit_seconds"] = round(fit_seconds, 3)
+        if neg is not None:
+            sampled = sampled_metrics(model, test.matrix, neg, k, train=train.matrix)
+            result["sampled"].update({key: sampled.pop(key) for key in
+                                      ("users", "negatives_per_user", "dropped_negatives")})
+            metrics.update(sampled)
+        if approximate and name == REFERENCE:
+            metrics.update({key: v for key, v in
+                            evaluate_index(model, train.matrix, test.matrix, k).items()
+                            if key != "users"})
+            metrics["annoy_search_k"] = int(model.index_.search_k)
+            metrics["annoy_calibrated_recall@10"] = float(model.index_recall_)
         if n_boot:
             for key, values in arrays[name].items():
                 if key not in ("user", "n_test"):
@@ -110,6 +214,10 @@ def run_comparison(data: Interactions, protocol: str = "leave-last-out",
             result.setdefault("validation", {})[name] = {
                 "best_epoch": getattr(model, "best_epoch_", None),
                 "history": [{key: float(v) for key, v in h.items()} for h in history]}
+        elif tuned.get(name, {}).get("history"):  # the best tuning trial's curve
+            result.setdefault("validation", {})[name] = {
+                "best_epoch": tuned[name]["best_params"].get("epochs"),
+                "history": tuned[name]["history"], "source": "best tuning trial"}
     if n_boot:
         result["stats"] = {
             "n_boot": int(n_boot), "alpha": float(alpha), "seed": int(seed),

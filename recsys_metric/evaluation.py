@@ -295,3 +295,172 @@ def evaluate_ranking(
     if per_user:
         res["per_user"] = {"user": users.astype(np.int64), "n_test": n_test_all[users], **cols}
     return res
+
+
+def _idcg(kmax: int) -> np.ndarray:
+    """Ideal DCG of 0..kmax hits."""
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, kmax + 2)))])
+
+
+def _scores(model: ScoresUsers, u: np.ndarray, n_items: int, who: str) -> np.ndarray:
+    raw = np.asarray(model.score_users(u))
+    if raw.shape != (len(u), n_items):
+        raise ValueError(f"{who}: score_users returned shape {raw.shape}, expected "
+                         f"{(len(u), n_items)}")
+    scores = np.array(raw, dtype=np.float32)  # the precision evaluate_ranking ranks in
+    if np.isnan(scores).any():
+        raise ValueError(f"{who}: score_users returned NaN scores")
+    return scores
+
+
+def sampled_metrics(
+    model: ScoresUsers,
+    test: sp.csr_matrix,
+    negatives: dict[int, np.ndarray],
+    k: int | Iterable[int] = (10,),
+    train: sp.csr_matrix | None = None,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Sampled (NCF-style) metrics: each user's test items ranked among that user's negatives.
+
+    For reproducing papers only: sampled metrics can reorder models (Krichene & Rendle, KDD 2020);
+    report :func:`evaluate_ranking` beside them.
+
+    Parameters
+    ----------
+    model : object with ``score_users(user_idx) -> ndarray [len(user_idx), n_items]``.
+    test : users x items sparse matrix of test interactions.
+    negatives : ``{user index: item indices}``, e.g. from
+        :func:`recsys_metric.protocols.read_negatives` or ``sample_negatives``. Users with test
+        items and an entry here are evaluated. A negative that is one of the user's test items, or
+        (when ``train`` is given) train items, is dropped: it is not a negative.
+    k : cut-offs.
+    train : optional; test items also in train are guaranteed misses (as in full ranking).
+
+    Returns
+    -------
+    dict
+        ``sampled_HR@K``, ``sampled_NDCG@K``, ``sampled_Recall@K`` for each K and
+        ``sampled_MRR`` (user averages), plus ``users`` (evaluated), ``negatives_per_user``
+        (mean, after dropping) and ``dropped_negatives``.
+
+    Notes
+    -----
+    The candidates of a user are their test items and their negatives; ranked by score,
+    ties broken by the lower item index (the order of :func:`evaluate_ranking`). With one test
+    item, HR@K is whether it ranks in the top K among ``1 + len(negatives)`` items (NCF's HR@K)
+    and NDCG@K is ``1 / log2(rank + 1)`` when it does. With several, the definitions of
+    :func:`evaluate_ranking` apply to the candidate list (NDCG over the ideal DCG of
+    ``min(K, |test items|)`` hits; Recall = hits / |test items|; MRR = 1 / best rank).
+    """
+    ks = _as_ks(k)
+    test = _as_csr(test, "test")
+    train = _as_csr(train, "train") if train is not None else None
+    if train is not None and train.shape != test.shape:
+        raise ValueError(f"sampled_metrics: train {train.shape} and test {test.shape} differ")
+    n_items = test.shape[1]
+    has_test = np.diff(test.indptr) > 0
+    users = np.array(sorted(int(u) for u in negatives if 0 <= int(u) < len(has_test)
+                            and has_test[int(u)]), dtype=np.int64)
+    idcg = _idcg(max(ks))
+    cols: dict[str, list[float]] = {f"{m}@{kk}": [] for kk in ks for m in ("HR", "NDCG",
+                                                                          "Recall")}
+    cols["MRR"] = []
+    n_neg, dropped = [], 0
+    for s in range(0, len(users), batch_size):
+        u = users[s:s + batch_size]
+        scores = _scores(model, u, n_items, "sampled_metrics")
+        for r, user in enumerate(u):
+            pos = test.indices[test.indptr[user]:test.indptr[user + 1]].astype(np.int64)
+            liked = (train.indices[train.indptr[user]:train.indptr[user + 1]]
+                     if train is not None else np.zeros(0, dtype=np.int64))
+            neg = np.unique(np.asarray(negatives[user], dtype=np.int64))
+            if len(neg) and (neg.min() < 0 or neg.max() >= n_items):
+                raise ValueError(f"sampled_metrics: negatives of user {user} out of range")
+            keep = ~np.isin(neg, pos) & ~np.isin(neg, liked)
+            dropped += int((~keep).sum())
+            neg = neg[keep]
+            n_neg.append(len(neg))
+            rankable = pos[~np.isin(pos, liked)]
+            cand = np.concatenate([rankable, neg])
+            sc, st = scores[r, cand], scores[r, rankable]
+            ahead = (sc[None, :] > st[:, None]) | ((sc[None, :] == st[:, None])
+                                                   & (cand[None, :] < rankable[:, None]))
+            ranks = 1 + ahead.sum(1)  # distinct: the order is total
+            for kk in ks:
+                hit = ranks <= kk
+                cols[f"HR@{kk}"].append(float(hit.any()))
+                dcg = float((1.0 / np.log2(ranks[hit] + 1.0)).sum())
+                cols[f"NDCG@{kk}"].append(dcg / idcg[min(kk, len(pos))])
+                cols[f"Recall@{kk}"].append(hit.sum() / len(pos))
+            cols["MRR"].append(1.0 / ranks.min() if len(ranks) else 0.0)
+    res: dict[str, Any] = {f"sampled_{key}": float(np.mean(v)) if v else 0.0
+                           for key, v in cols.items()}
+    res["users"] = int(len(users))
+    res["negatives_per_user"] = float(np.mean(n_neg)) if n_neg else 0.0
+    res["dropped_negatives"] = dropped
+    return res
+
+
+def evaluate_index(
+    model: Any,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    k: int | Iterable[int] = (10,),
+    prefix: str = "annoy_",
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Top-K metrics of a fitted :class:`~recsys_metric.recommender.Recommender` served through
+    its index (``model.index_``, e.g. Annoy), beside the exact ranking it approximates.
+
+    Every test user's top-K list comes from ``model.recommend`` (liked items filtered, as the
+    model serves them); the exact list from ``score_users`` with ``train`` items excluded (the
+    order of :func:`evaluate_ranking`). ``model`` must have been fitted on ``train``.
+
+    Returns
+    -------
+    dict
+        ``{prefix}HR@K``, ``{prefix}NDCG@K``, ``{prefix}Recall@K`` (definitions of
+        :func:`evaluate_ranking` on the served lists) and ``{prefix}recall_vs_exact@K`` (share of
+        the exact top K that the served top K contains, averaged over users) for each K, and
+        ``users``.
+    """
+    ks = _as_ks(k)
+    train, test = _as_csr(train, "train"), _as_csr(test, "test")
+    n_items = train.shape[1]
+    kmax = min(max(ks), n_items)
+    idcg = _idcg(kmax)
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    cols: dict[str, list[float]] = {f"{m}@{kk}": [] for kk in ks
+                                    for m in ("HR", "NDCG", "Recall", "recall_vs_exact")}
+    for s in range(0, len(users), batch_size):
+        u = users[s:s + batch_size]
+        scores = torch.from_numpy(_scores(model, u, n_items, "evaluate_index"))
+        tr_r, tr_c = _batch_rows(train, u)
+        scores[tr_r, tr_c] = -torch.inf
+        vals, order = _top_k(scores, kmax)
+        exact = torch.where(torch.isfinite(vals), order, -1).numpy()
+        served, _ = model.recommend(model.users_.raw(u), N=kmax,
+                                    filter_already_liked_items=True)
+        for r, user in enumerate(u):
+            got = np.array([model.items_.index(x) for x in served[r] if x != ""],
+                           dtype=np.int64)
+            pos = test.indices[test.indptr[user]:test.indptr[user + 1]]
+            hit = np.isin(got, pos)
+            cum = np.cumsum(hit)
+            dcg = np.cumsum(hit / np.log2(np.arange(2, len(got) + 2)))
+            for kk in ks:
+                c = min(kk, len(got))
+                h = cum[c - 1] if c else 0
+                cols[f"HR@{kk}"].append(float(h > 0))
+                cols[f"NDCG@{kk}"].append((dcg[c - 1] if c else 0.0)
+                                          / idcg[min(kk, kmax, len(pos))])
+                cols[f"Recall@{kk}"].append(h / len(pos))
+                want = exact[r, :min(kk, kmax)]
+                want = want[want >= 0]
+                cols[f"recall_vs_exact@{kk}"].append(
+                    len(np.intersect1d(got[:kk], want)) / len(want) if len(want) else 1.0)
+    res: dict[str, Any] = {f"{prefix}{key}": float(np.mean(v)) if v else 0.0
+                           for key, v in cols.items()}
+    res["users"] = int(len(users))
+    return res

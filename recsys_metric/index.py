@@ -59,6 +59,7 @@ class AnnoyIndex:
         from annoy import AnnoyIndex as _Annoy  # lazy: GPU machines may lack annoy
 
         self.n_trees, self.search_k = n_trees, search_k
+        self.calibrated_k = 10  # the list length search_k was calibrated for
         if item_vectors is None:  # filled by load()
             self._index, self.dim, self._n = _Annoy(dim, "euclidean"), dim, 0
             return
@@ -76,10 +77,15 @@ class AnnoyIndex:
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.atleast_2d(queries)
         k = min(k, len(self))
+        # Annoy stops after inspecting search_k items, counting the same item once per tree: a
+        # list longer than the calibrated one (recommend() asks for N + the liked items, then
+        # filters) needs a proportionally larger search_k, or it comes back short.
+        search_k = (self.search_k if self.search_k < 0
+                    else max(self.search_k, -(-self.search_k * k // self.calibrated_k)))
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         dists = np.full((len(queries), k), np.inf, dtype=np.float32)
         for r, q in enumerate(queries):
-            i, d = self._index.get_nns_by_vector(q.tolist(), k, search_k=self.search_k,
+            i, d = self._index.get_nns_by_vector(q.tolist(), k, search_k=search_k,
                                                  include_distances=True)
             ids[r, :len(i)] = i
             dists[r, :len(d)] = np.square(d)  # annoy returns Euclidean, we rank squared
@@ -90,6 +96,7 @@ class AnnoyIndex:
         """Double ``search_k`` from ``n_trees * k`` until recall@k against ``exact`` on
         ``queries`` reaches ``target``; returns the recall measured at the chosen value."""
         truth, _ = exact.query(queries, k)
+        self.calibrated_k = k
         max_search_k = max_search_k or self.n_trees * len(self)
         self.search_k = self.n_trees * k
         while True:

@@ -35,9 +35,16 @@ PROTOCOLS = {
         "run's seed, are test, keeping at least one in train; users with a single interaction "
         "stay train-only."),
     "temporal": (
-        "**temporal**: one global cut at the 80% quantile of the timestamps; every interaction "
-        "after it is test. Test users or items that train never saw stay in the test set and "
-        "count (as the misses they mostly are)."),
+        "**temporal**: one global cut in time (`--cut`: a quantile of the timestamps, 0.8 by "
+        "default, or a timestamp); every interaction after it is test. Test pairs whose user or "
+        "item has no train interaction are dropped and counted (no model can rank what train "
+        "never showed it): users without train interactions are not evaluated, and the "
+        "candidates are the items seen in train."),
+    "pre-split": (
+        "**pre-split**: the train and test files were given (`--train`, `--test`) and used as "
+        "is, over one id map built from train. Test pairs whose user or item is not in train "
+        "are dropped and counted; test pairs also in train are kept and, since train items are "
+        "never candidates, count as misses."),
 }
 COMMON = (
     "Every model is fitted on the same train part and ranks the whole catalogue for every test "
@@ -159,6 +166,34 @@ def paired_table(result: dict, ks: Sequence[int] | None = None) -> str:
     return "\n".join(lines)
 
 
+def tuned_section(result: dict) -> str:
+    """Markdown for ``result["tuned"]`` (empty string when nothing was tuned): how, then one
+    row per tuned model with its validation score and best parameters."""
+    tuned = result.get("tuned")
+    if not tuned:
+        return ""
+    first = next(iter(tuned.values()))
+    trials = sorted({t["n_trials"] for t in tuned.values()})
+    lines = [f"Tuned with Optuna's seeded TPE sampler, {'/'.join(map(str, trials))} completed "
+             f"trials per model, maximising {first['metric']} on a validation split carved from "
+             "the train part (each train user's latest interaction); the test part was never "
+             "seen. Each model was then refit with its best parameters on the whole train part. "
+             "Every trial is in results.json (`tuned`).", "",
+             f"| model | trials | validation {first['metric']} | tuning s | best parameters |",
+             "|---|---:|---:|---:|---|"]
+    for name, t in tuned.items():
+        params = ", ".join(f"{k}={_param(v)}" for k, v in t["params"].items())
+        lines.append(f"| {name} | {t['n_trials']} | {_fmt(t['validation_value'], 4)} | "
+                     f"{t['seconds']:.0f} | {params} |")
+    return "\n".join(lines)
+
+
+def _param(v: Any) -> str:
+    if v is None:
+        return "auto"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -259,8 +294,8 @@ def plot_validation(result: dict, path: str | Path, model: str = REFERENCE) -> P
                    label=f"best epoch {best} (refit on all train for {best} epochs)")
     ax.set_xlabel("epoch", fontsize=11)
     ax.set_ylabel("metric on the validation split", fontsize=11)
-    ax.set_title(f"{model.upper()} early stopping: validation split carved from train",
-                 fontsize=12)
+    how = "best tuning trial" if val.get("source") else "early stopping"
+    ax.set_title(f"{model.upper()} {how}: validation split carved from train", fontsize=12)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9, loc="lower right")
@@ -289,10 +324,52 @@ def plot_validation(result: dict, path: str | Path, model: str = REFERENCE) -> P
 def _split_table(result: dict) -> str:
     s = result["split"]
     density = s["train"] / max(1, s["users"] * s["items"])
-    return ("| protocol | users | items | train interactions | test interactions | test users | "
-            "train density |\n|---|---:|---:|---:|---:|---:|---:|\n"
-            f"| {result['protocol']} | {s['users']} | {s['items']} | {s['train']} | {s['test']} | "
-            f"{s.get('test_users', '–')} | {100 * density:.2f}% |")
+    table = ("| protocol | users | items | train interactions | test interactions | test users | "
+             "train density |\n|---|---:|---:|---:|---:|---:|---:|\n"
+             f"| {result['protocol']} | {s['users']} | {s['items']} | {s['train']} | {s['test']} "
+             f"| {s.get('test_users', '–')} | {100 * density:.2f}% |")
+    return table + ("\n\n" + unseen_line(s) if "test_pairs_unseen" in s else "")
+
+
+def unseen_line(s: dict) -> str:
+    """One sentence on the test ids train never saw (temporal and pre-split protocols)."""
+    text = (f"Test ids unseen in train: {s['test_unseen_users']} users, {s['test_unseen_items']} "
+            f"items; {s['test_pairs_unseen']} of {s['test_pairs_total']} test pairs dropped "
+            "(not evaluated)")
+    if "cut_time" in s:
+        text += f"; cut {s['cut']:g} = timestamp {s['cut_time']:.10g}"
+    if s.get("test_pairs_in_train"):
+        text += f"; {s['test_pairs_in_train']} test pairs are also in train (kept: misses)"
+    return text + "."
+
+
+def extra_tables(result: dict, k: int) -> str:
+    """Markdown for the sampled metrics (with their warning) and CML through its Annoy index,
+    at cut-off ``k``; empty when neither was asked."""
+    from .protocols import SAMPLED_WARNING
+
+    models, parts = result["models"], []
+    if "sampled" in result:
+        sm = result["sampled"]
+        keys = [key for key in (f"sampled_HR@{k}", f"sampled_NDCG@{k}", f"sampled_Recall@{k}",
+                                "sampled_MRR") if key in next(iter(models.values()), {})]
+        parts.append(f"Sampled protocol (negatives: {sm['negatives']}; "
+                     f"{sm.get('negatives_per_user', 0):.1f} per user, {sm.get('users', 0)} "
+                     f"users). {SAMPLED_WARNING[len('warning: '):]}\n\n"
+                     + _table(result, keys, [4] * len(keys)))
+    cml = models.get(REFERENCE, {})
+    if f"annoy_HR@{k}" in cml:
+        rows = ["| metric | exact | Annoy | lost |", "|---|---:|---:|---:|"]
+        for m in ("HR", "NDCG", "Recall"):
+            ex, ap = cml.get(f"{m}@{k}"), cml.get(f"annoy_{m}@{k}")
+            rows.append(f"| {m}@{k} | {_fmt(ex, 4)} | {_fmt(ap, 4)} | "
+                        f"{_fmt(None if ex is None or ap is None else ex - ap, 4)} |")
+        parts.append(f"{REFERENCE.upper()} served through its Annoy index (search_k "
+                     f"{cml.get('annoy_search_k')}, calibrated recall@10 "
+                     f"{_fmt(cml.get('annoy_calibrated_recall@10'), 3)}); overlap of the Annoy "
+                     f"top {k} with the exact top {k}: "
+                     f"{_fmt(cml.get(f'annoy_recall_vs_exact@{k}'), 4)}\n\n" + "\n".join(rows))
+    return "\n\n".join(parts)
 
 
 def write_report(result: dict, out_dir: str | Path, command: str | None = None,
@@ -354,13 +431,24 @@ def write_report(result: dict, out_dir: str | Path, command: str | None = None,
                "± is half the interval's width; the exact (possibly asymmetric) bounds are in "
                "results.json (`METRIC_ci`).", ""]
     cml_val = result.get("validation", {}).get(REFERENCE)
-    if cml_val:
+    if cml_val and REFERENCE in result.get("tuned", {}):
+        md += [f"CML's number of epochs was tuned with its other hyper-parameters (below): each "
+               f"trial trained on a validation split carved from train and kept its best epoch; "
+               f"the best trial's epoch was {cml_val.get('best_epoch')}, then CML was refit on "
+               "all of train for that many epochs. The curve plotted is the best trial's.", ""]
+    elif cml_val:
         md += [f"CML's number of epochs was chosen by early stopping on validation NDCG@10, on a "
                f"validation split carved from train (each train user's latest item); the best "
                f"epoch was {cml_val.get('best_epoch')}, then CML was refit on all of train for "
                "that many epochs. Its fit seconds include the validation run.", ""]
     md += ["## Results", "", "Fit seconds are wall-clock on this machine; the best value of "
            "each quality metric is in bold.", "", markdown_tables(result, heading="### "), ""]
+    tuned = tuned_section(result)
+    if tuned:
+        md += ["## Tuned hyper-parameters", "", tuned, ""]
+    extra = extra_tables(result, main_k(result["k"]))
+    if extra:
+        md += ["## Sampled metrics and approximate serving", "", extra, ""]
     paired = paired_table(result)
     if paired:
         md += ["## Paired tests against CML", "",

@@ -52,12 +52,18 @@ def temporal(inter: Interactions, cut: float = 0.8) -> tuple[Interactions, Inter
     """One global cut in time: interactions after it are test.
 
     ``cut`` in (0, 1) is a quantile of the timestamps; a larger number is a timestamp itself.
-    Test pairs whose user or item has no train interaction stay in test; evaluation counts them.
+    Test pairs whose user or item has no train interaction stay in test here;
+    :func:`recsys_metric.protocols.restrict_to_train` drops them before evaluation and counts them.
     """
+    return _split(inter, inter.timestamps > temporal_cut(inter, cut))
+
+
+def temporal_cut(inter: Interactions, cut: float = 0.8) -> float:
+    """The timestamp of :func:`temporal`'s cut: the ``cut`` quantile of the timestamps when
+    ``cut`` is in (0, 1), else ``cut`` itself. Interactions strictly after it are test."""
     if inter.timestamps is None:
         raise ValueError(f"{inter.source}: temporal split needs a timestamp column")
-    at = float(np.quantile(inter.timestamps, cut)) if 0.0 < cut < 1.0 else float(cut)
-    return _split(inter, inter.timestamps > at)
+    return float(np.quantile(inter.timestamps, cut)) if 0.0 < cut < 1.0 else float(cut)
 
 
 def validation_split(train: Interactions) -> tuple[Interactions, Interactions]:
