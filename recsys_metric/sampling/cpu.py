@@ -1,6 +1,6 @@
 """Negative sampling and a fused CML training epoch on CPU, as numba kernels.
 
-Same semantics as :mod:`recsys_metric.sampling.reference` (read its docstring), with two CPU
+Same semantics as :mod:`recsys_metric.sampling.reference` (read its docstring), with three CPU
 specifics:
 
 - **Counter-based RNG.** Candidate ``c`` of row ``b`` comes from the hash
@@ -17,9 +17,10 @@ specifics:
   the bit-set (at most ``BITSET_BUDGET_BYTES``), whatever the batch size.
 
 :func:`train_epoch` runs one CML epoch (hardest-of-U negative, WARP rank weight, Adagrad, clipping)
-in blocks: sample in parallel against the block-start embeddings, then update sequentially in pair
-order, so the result is bit-identical on any thread count. Candidates of pair ``i`` in epoch ``e``
-are exactly ``sample_uniform(indptr, indices, pair_users, n_items, U, seed, offset=e)[i]``.
+in blocks: sample in parallel against the block-start embeddings, then apply the updates in pair
+order (two threads may update pairs that share no row at the same time; see ``_train_kernel``),
+so the result is bit-identical on any thread count. Candidates of pair ``i`` in epoch ``e`` are
+exactly ``sample_uniform(indptr, indices, pair_users, n_items, U, seed, offset=e)[i]``.
 
 numba is imported behind a guard: without it this module still imports (``HAS_NUMBA`` is False)
 and the public functions raise ``ImportError``; the dispatcher should then use the reference.
@@ -34,14 +35,15 @@ import torch
 
 from .reference import check_catalogue
 
-# Before numba starts its OpenMP pool: idle workers sleep instead of spinning. train_epoch opens a
-# parallel region per block; on a machine shared with other busy processes, spinning workers
-# steal the core the sequential phase needs: at load 3-4 on 2 cores, 2 threads ran 0.4 M
-# triplets/s with the default (spin) policy vs 2.0 with passive; at load ~1.3 passive was still
-# no slower (279 vs 301 ns/pair). setdefault: an explicit user setting wins.
+# Before numba starts its OpenMP pool: idle workers sleep instead of spinning. With a parallel
+# region per training block (an earlier design), at load 3-4 on 2 shared cores 2 threads ran at
+# 0.4 M triplets/s with the default spin policy vs 2.0 with passive, and passive was no slower at
+# load ~1.3. train_epoch now opens one region per epoch; the sampler kernels still benefit when
+# called in a loop. setdefault: an explicit user setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 try:
+    import numba
     from llvmlite import ir
     from numba import njit, prange, types
     from numba.core import cgutils
@@ -67,6 +69,8 @@ _TRIES = 4  # rejection draws before the rank map; a user with half the catalogu
 # Largest positives bit-set (n_users x n_items bits) built to speed up the membership test.
 BITSET_BUDGET_BYTES = 64 << 20
 _PREFETCH = 2  # pairs ahead whose rows phase (b) prefetches
+_CHUNK = 64  # pairs per claim in train_epoch's phase (a)
+_BCHUNK = 16  # pairs per claim in train_epoch's phase (b)
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -127,6 +131,66 @@ def _prefetch(typingctx, arr, row, col):
 def _prefetch_row(a, r):
     for d in range(0, a.shape[1], 64 // a.itemsize):
         _prefetch(a, r, d)
+
+
+def _elem_ptr(context, builder, sig, args):
+    aryty = sig.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    idx = context.cast(builder, args[1], sig.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, i, v):
+    """``arr[i] += v`` atomically (int64 ``arr``); returns the old value."""
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", _elem_ptr(context, builder, sig, args), val, "seq_cst")
+
+    return types.int64(arr, i, v), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, i):
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_elem_ptr(context, builder, sig, args), "acquire", 8)
+
+    return types.int64(arr, i), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, arr, i, v):
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(val, _elem_ptr(context, builder, sig, args), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, v), codegen
+
+
+@intrinsic
+def _atomic_cas(typingctx, arr, i, old, new):
+    """``arr[i] = new`` if it equals ``old``, atomically; True if this call did it."""
+
+    def codegen(context, builder, sig, args):
+        o, n = (context.cast(builder, a, t, types.int64) for a, t in zip(args[2:], sig.args[2:]))
+        res = builder.cmpxchg(_elem_ptr(context, builder, sig, args), o, n, "seq_cst", "seq_cst")
+        return builder.extract_value(res, 1)
+
+    return types.boolean(arr, i, old, new), codegen
+
+
+@intrinsic
+def _yield(typingctx):
+    """``sched_yield()``: a waiting thread hands its core to whoever can use it."""
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
 
 
 @njit(inline="always")
@@ -313,53 +377,77 @@ def _clip_row(a, r, sq, clip_norm):
             a[r, d] *= scale
 
 
+@njit(inline="always")
+def _update_pair(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_norm, grad):
+    """One triplet step (Adagrad + clipping) if its hinge is positive; returns ``h`` or 0."""
+    h = margin + _sqdist(user_emb, u, item_emb, p) - _sqdist(user_emb, u, item_emb, n)
+    if h <= 0:
+        return np.float32(0.0)
+    eps = np.float32(1e-10)
+    w2 = np.float32(2.0) * w
+    gu, gp, gn = grad[0], grad[1], grad[2]
+    # all three gradients from pre-update rows, into scratch; then one loop per row: loops over
+    # separate arrays vectorise, one fused loop over all six rows did not (aliasing)
+    for d in range(user_emb.shape[1]):
+        gu[d] = w2 * (item_emb[n, d] - item_emb[p, d])
+        gp[d] = -w2 * (user_emb[u, d] - item_emb[p, d])
+        gn[d] = w2 * (user_emb[u, d] - item_emb[n, d])
+    _clip_row(user_emb, u, _adagrad_row(user_emb, user_acc, u, gu, lr, eps), clip_norm)
+    _clip_row(item_emb, p, _adagrad_row(item_emb, item_acc, p, gp, lr, eps), clip_norm)
+    _clip_row(item_emb, n, _adagrad_row(item_emb, item_acc, n, gn, lr, eps), clip_norm)
+    return h
+
+
 # Full fastmath here only: it turns the Adagrad division into a refined reciprocal (Adagrad row
 # 24 -> 15 ns); embeddings are finite in any sane run, and the sampler kernels keep inf semantics.
 @njit(fastmath=True, error_model="numpy", cache=True)
-def _update_block(pair_users, pair_items, s, neg, viol, n_pairs, user_emb, item_emb, user_acc,
-                  item_acc, weights, margin, lr, clip_norm, grad):
-    """Phase (b): sequential triplet updates of pairs ``s .. s + n_pairs``.
+def _update_chunk(pair_users, pair_items, s, lo, hi, neg, viol, dep, pair_done, stamp, pair_loss,
+                  weights, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_norm, grad):
+    """Phase (b) for block-local pairs ``lo .. hi`` (block starts at pair ``s``), in order.
 
-    ``weights[M]`` is the rank weight of a pair with ``M`` violators; ``grad`` is [3, dim] scratch.
+    A pair first waits until the earlier pairs ``dep[i]`` that touch one of its rows are done,
+    so every row sees its updates in pair order: the result is exactly the sequential loop's.
     """
-    dim = user_emb.shape[1]
-    eps = np.float32(1e-10)
-    gu, gp, gn = grad[0], grad[1], grad[2]
-    loss = 0.0
-    active = 0
-    for i in range(n_pairs):
-        # the six rows of a later pair are random L2/L3 reads: start them now (~1.4x faster)
-        k = i + _PREFETCH
-        if k < n_pairs and viol[k] > 0 and neg[k] >= 0:
+    for i in range(lo, hi):
+        k = i + _PREFETCH  # the six rows of a later pair are random L2/L3 reads: start them now
+        if k < hi and viol[k] > 0 and neg[k] >= 0:
             _prefetch_row(user_emb, pair_users[s + k])
             _prefetch_row(user_acc, pair_users[s + k])
             _prefetch_row(item_emb, pair_items[s + k])
             _prefetch_row(item_acc, pair_items[s + k])
             _prefetch_row(item_emb, neg[k])
             _prefetch_row(item_acc, neg[k])
-        n = neg[i]
-        m = viol[i]
-        if m == 0 or n < 0:
+        pair_loss[i] = -1.0  # not updated
+        if viol[i] > 0 and neg[i] >= 0:
+            for j in range(3):
+                while dep[i, j] >= 0 and _atomic_load(pair_done, dep[i, j]) != stamp:
+                    _yield()
+            w = weights[viol[i]]
+            h = _update_pair(pair_users[s + i], pair_items[s + i], neg[i], w, user_emb, item_emb,
+                             user_acc, item_acc, margin, lr, clip_norm, grad)
+            if h > 0:
+                pair_loss[i] = w * h
+        _atomic_store(pair_done, i, stamp)
+
+
+@njit(inline="always")
+def _find_deps(pair_users, pair_items, s, n_pairs, neg, viol, dep, last_u, last_i):
+    """``dep[i]``: the latest earlier pair of the block sharing each of pair i's rows, or -1.
+
+    ``last_*[row]`` is the global position of the row's latest candidate toucher (no reset
+    between blocks: positions before ``s`` mean "not in this block").
+    """
+    for i in range(n_pairs):
+        dep[i, 0] = dep[i, 1] = dep[i, 2] = -1
+        if viol[i] == 0 or neg[i] < 0:
             continue
-        u = pair_users[s + i]
-        p = pair_items[s + i]
-        w = weights[m]
-        h = margin + _sqdist(user_emb, u, item_emb, p) - _sqdist(user_emb, u, item_emb, n)
-        if h <= 0:
-            continue
-        loss += w * h
-        active += 1
-        w2 = np.float32(2.0) * w
-        # all three gradients from pre-update rows, into scratch; then one loop per row: loops
-        # over separate arrays vectorise, one fused loop over all six rows did not (aliasing)
-        for d in range(dim):
-            gu[d] = w2 * (item_emb[n, d] - item_emb[p, d])
-            gp[d] = -w2 * (user_emb[u, d] - item_emb[p, d])
-            gn[d] = w2 * (user_emb[u, d] - item_emb[n, d])
-        _clip_row(user_emb, u, _adagrad_row(user_emb, user_acc, u, gu, lr, eps), clip_norm)
-        _clip_row(item_emb, p, _adagrad_row(item_emb, item_acc, p, gp, lr, eps), clip_norm)
-        _clip_row(item_emb, n, _adagrad_row(item_emb, item_acc, n, gn, lr, eps), clip_norm)
-    return loss, active
+        g = s + i
+        u = pair_users[g]
+        dep[i, 0] = last_u[u] - s if last_u[u] >= s else -1
+        last_u[u] = g
+        for j, r in ((1, np.int64(pair_items[g])), (2, neg[i])):
+            dep[i, j] = last_i[r] - s if last_i[r] >= s else -1
+            last_i[r] = g
 
 
 @njit(inline="always")
@@ -372,32 +460,87 @@ def _rank_weights(n_items, n_cand, rank_weight):
     return weights
 
 
+@njit(inline="always")
+def _wait(ctl, k, field, value):
+    while _atomic_load(ctl[k], field) < value:
+        _yield()
+
+
 @njit(**_PAR)
 def _train_kernel(indptr, indices, bits, pair_users, pair_items, user_emb, item_emb, user_acc,
-                  item_acc, n_cand, margin, lr, rank_weight, clip_norm, key, block):
+                  item_acc, n_cand, margin, lr, rank_weight, clip_norm, key, block, n_tasks,
+                  b_chunk):
+    """Blocks of (a) parallel sampling then (b) updates in pair order, on persistent threads.
+
+    One parallel region per epoch (not a fork/join per block, which on a busy shared machine made
+    2 threads several times slower than 1): threads claim chunks with atomic counters and wait,
+    yielding their core, only for work another thread has claimed. Per block k:
+
+    1. (a) chunks: hardest negative and violators of each pair, against the embeddings as they
+       are at the block start (chunks of block k are claimed only once block k - 1 is done);
+    2. one thread finds, for each pair, the earlier pairs of the block that share a row;
+    3. (b) chunks, claimed in order: a pair updates once the pairs it depends on are done, so
+       every row sees exactly the sequential sequence of updates, whatever the thread count;
+    4. whoever finishes the last (b) chunk sums the block's loss in pair order.
+    """
     n_pairs = pair_users.shape[0]
+    n_blocks = (n_pairs + block - 1) // block
     neg = np.empty(block, dtype=np.int64)
     viol = np.empty(block, dtype=np.int32)
-    grad = np.empty((3, user_emb.shape[1]), dtype=np.float32)
+    dep = np.empty((block, 3), dtype=np.int64)
+    pair_done = np.zeros(block, dtype=np.int64)  # == k + 1 once pair i of block k is updated
+    pair_loss = np.empty(block)
+    last_u = np.full(user_emb.shape[0], -1, dtype=np.int64)
+    last_i = np.full(item_emb.shape[0], -1, dtype=np.int64)
+    grad = np.empty((n_tasks, 3, user_emb.shape[1]), dtype=np.float32)
     weights = _rank_weights(item_emb.shape[0], n_cand, rank_weight)
+    # per block: (a) claimed, (a) done, deps state, (b) claimed, (b) done, block state
+    ctl = np.zeros((n_blocks, 6), dtype=np.int64)
+    block_loss = np.zeros(n_blocks)
+    block_active = np.zeros(n_blocks, dtype=np.int64)
+    for t in prange(n_tasks):
+        for k in range(n_blocks):
+            s = k * block
+            n = min(n_pairs, s + block) - s
+            n_a = (n + _CHUNK - 1) // _CHUNK
+            n_b = (n + b_chunk - 1) // b_chunk
+            if k > 0:
+                _wait(ctl, k - 1, 5, 2)
+            while True:  # 1. (a)
+                c = _atomic_add(ctl[k], 0, 1)
+                if c >= n_a:
+                    break
+                for g in range(s + c * _CHUNK, s + min(n, (c + 1) * _CHUNK)):
+                    if g + 1 < s + n:
+                        _prefetch_pair(bits, user_emb, item_emb, pair_users[g + 1],
+                                       pair_items[g + 1])
+                    neg[g - s], viol[g - s] = _score_sampled(
+                        indptr, indices, bits, user_emb, item_emb, pair_users[g], pair_items[g],
+                        n_cand, margin, key, np.uint64(g) * np.uint64(n_cand),
+                    )
+                _atomic_add(ctl[k], 1, 1)
+            _wait(ctl, k, 1, n_a)
+            if _atomic_cas(ctl[k], 2, 0, 1):  # 2. dependencies
+                _find_deps(pair_users, pair_items, s, n, neg, viol, dep, last_u, last_i)
+                _atomic_store(ctl[k], 2, 2)
+            _wait(ctl, k, 2, 2)
+            while True:  # 3. (b)
+                c = _atomic_add(ctl[k], 3, 1)
+                if c >= n_b:
+                    break
+                _update_chunk(pair_users, pair_items, s, c * b_chunk, min(n, (c + 1) * b_chunk),
+                              neg, viol, dep, pair_done, k + 1, pair_loss, weights, user_emb,
+                              item_emb, user_acc, item_acc, margin, lr, clip_norm, grad[t])
+                if _atomic_add(ctl[k], 4, 1) == n_b - 1:  # 4. the last (b) chunk: sum in order
+                    for i in range(n):
+                        if pair_loss[i] >= 0:
+                            block_loss[k] += pair_loss[i]
+                            block_active[k] += 1
+                    _atomic_store(ctl[k], 5, 2)
     loss = 0.0
-    active = 0
-    for s in range(0, n_pairs, block):
-        e = min(n_pairs, s + block)
-        # (a) parallel: every pair of the block sees the embeddings as they are at block start
-        for i in prange(e - s):
-            g = s + i
-            if g + 1 < e:
-                _prefetch_pair(bits, user_emb, item_emb, pair_users[g + 1], pair_items[g + 1])
-            neg[i], viol[i] = _score_sampled(indptr, indices, bits, user_emb, item_emb,
-                                             pair_users[g], pair_items[g], n_cand, margin, key,
-                                             np.uint64(g) * np.uint64(n_cand))
-        # (b) sequential, in pair order: this is what makes the result thread-count independent
-        bl, ba = _update_block(pair_users, pair_items, s, neg, viol, e - s, user_emb, item_emb,
-                               user_acc, item_acc, weights, margin, lr, clip_norm, grad)
-        loss += bl
-        active += ba
-    return loss, active
+    for k in range(n_blocks):
+        loss += block_loss[k]
+    return loss, block_active.sum()
 
 
 # ------------------------------------------------------------------------------- public API
@@ -570,9 +713,8 @@ def train_epoch(
     seed, epoch : int
         RNG stream key.
     block_size : int
-        Pairs sampled together. Extra memory: ``O(block_size)`` plus the positives bit-set
-        (``<= BITSET_BUDGET_BYTES``). A parallel region per block: on a busy shared machine
-        larger blocks mean fewer synchronisations (but staler hardest-negative choices).
+        Pairs sampled together, against the same embeddings. Extra memory: ``O(block_size)``,
+        ``O(n_users + n_items)`` integers and the positives bit-set (``<= BITSET_BUDGET_BYTES``).
 
     Returns
     -------
@@ -608,5 +750,6 @@ def train_epoch(
         ip, ix, bits, pu, pi, user_emb, item_emb, user_acc, item_acc, np.int64(n_candidates),
         np.float32(margin), np.float32(lr), bool(rank_weight), np.float32(clip_norm),
         _stream_key(seed, epoch), np.int64(min(block_size, max(1, len(pu)))),
+        np.int64(numba.get_num_threads()), np.int64(_BCHUNK),
     )
     return float(loss), int(active)
