@@ -52,6 +52,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for name, typ in TRAIN_FLAGS.items():
         g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name)
     g.add_argument("--no-rank-weight", action="store_true", help="plain hinge, no WARP weight")
+    g.add_argument("--hogwild", action="store_true",
+                   help="CPU loop: lock-free parallel updates (not reproducible on >1 thread)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -71,6 +73,8 @@ def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
     values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     if args.no_rank_weight:
         values["rank_weight"] = False
+    if args.hogwild:
+        values["hogwild"] = True
     return TrainConfig.from_dict(values) if values else TrainConfig().validate()
 
 

@@ -6,7 +6,9 @@ Two loops with the same semantics (loss, sampler, clipping, Adagrad):
   Triton kernel on CUDA), autograd computes the batch loss, a sparse Adagrad step updates the rows;
 - the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu.train_epoch`): negatives are drawn
   in parallel per block of pairs, then the triplets are applied one by one, deterministically
-  whatever the thread count. Used on CPU for the default config (Adagrad, no covariance term).
+  whatever the thread count (or, with ``hogwild=True``, sampled and applied pair by pair by
+  threads without locks: faster, deterministic only on one thread). Used on CPU for Adagrad
+  (element-wise or row-wise) without the covariance term.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .device import resolve_device
 from .losses import CovarianceLoss, TripletLoss
 from .model import CML
 
-OPTIMIZERS = ("adagrad", "adam", "sgd")
+OPTIMIZERS = ("adagrad", "adagrad_row", "adam", "sgd")
 # torch's sparse Adagrad warns on every construction of its internal sparse tensors.
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
@@ -53,6 +55,9 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"  # sampler / loop: auto | torch | triton | cpu
     patience: int = 0  # > 0: early stopping on validation NDCG@10, then refit on all of train
+    # fused CPU loop only: lock-free parallel updates (sample and step pair by pair, threads race
+    # on shared rows as in implicit's BPR); faster, not reproducible on more than one thread
+    hogwild: bool = False
 
     def validate(self) -> TrainConfig:
         ints = {"dim": 1, "n_negatives": 1, "epochs": 1, "batch_size": 1, "patience": 0}
@@ -67,6 +72,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.cov_weight < 0:
             raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight!r}")
+        if not isinstance(self.hogwild, bool | np.bool_):
+            raise ValueError(f"hogwild must be a bool, got {self.hogwild!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -99,6 +106,39 @@ class TrainResult:
     best_epoch: int | None = None
     seconds: float = 0.0
     loop: str = ""
+
+
+class RowAdagrad(torch.optim.Optimizer):
+    """Row-wise Adagrad for sparse embedding gradients: one accumulator per row, which gains the
+    mean over the row of the squared (summed) gradient; step ``lr * g / (sqrt(acc) + eps)``.
+
+    The fused CPU loop's ``adagrad_row`` (``[n, 1]`` accumulators in
+    :func:`recsys_metric.sampling.cpu.train_epoch`) applies the same rule per triplet.
+    """
+
+    def __init__(self, params, lr: float = 0.1, eps: float = 1e-10) -> None:
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros(p.shape[0], 1, dtype=p.dtype, device=p.device)
+                acc = state["sum"]
+                if p.grad.is_sparse:
+                    grad = p.grad.coalesce()
+                    rows, g = grad.indices()[0], grad.values()
+                    a = acc[rows] + g.pow(2).mean(1, keepdim=True)
+                    acc[rows] = a
+                    p.index_add_(0, rows, -group["lr"] * g / (a.sqrt() + group["eps"]))
+                else:
+                    g = p.grad
+                    acc.add_(g.pow(2).mean(1, keepdim=True))
+                    p.add_(-group["lr"] * g / (acc.sqrt() + group["eps"]))
 
 
 class _Scorer:
@@ -144,7 +184,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed)
         model = CML(n_users, n_items, cfg.dim, cfg.clip_norm, gen, cfg.init_norm).to(dev)
         backend = sampling.resolve_backend(cfg.backend, dev)
-        fused_cpu = backend == "cpu" and cfg.optimizer == "adagrad" and cfg.cov_weight == 0
+        fused_cpu = (backend == "cpu" and cfg.optimizer in ("adagrad", "adagrad_row")
+                     and cfg.cov_weight == 0)
         epoch_fn = (self._fused_cpu_epoch if fused_cpu else self._torch_epoch)(
             model, train, backend)
 
@@ -200,11 +241,14 @@ class Trainer:
         indptr, indices = train.indptr.astype(np.int64), train.indices.astype(np.int32)
         # numpy views share memory with the torch tables: the kernel updates them in place.
         user_emb, item_emb = model.users.weight.data.numpy(), model.items.weight.data.numpy()
-        user_acc, item_acc = np.zeros_like(user_emb), np.zeros_like(item_emb)
+        cols = 1 if cfg.optimizer == "adagrad_row" else cfg.dim  # [n, 1]: row-wise Adagrad
+        user_acc = np.zeros((user_emb.shape[0], cols), np.float32)
+        item_acc = np.zeros((item_emb.shape[0], cols), np.float32)
+        epoch_fn = cpu.train_epoch_hogwild if cfg.hogwild else cpu.train_epoch
 
         def run(epoch: int) -> tuple[float, int]:
             perm = self._permutation(train.nnz, epoch)
-            loss_sum, active = cpu.train_epoch(
+            loss_sum, active = epoch_fn(
                 indptr, indices, pair_users[perm], pair_items[perm], user_emb, item_emb,
                 user_acc, item_acc, n_candidates=self.n_negatives, margin=cfg.margin, lr=cfg.lr,
                 rank_weight=cfg.rank_weight, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch)
@@ -223,6 +267,7 @@ class Trainer:
         cov = CovarianceLoss()
         params = model.parameters()
         opt = (torch.optim.Adagrad(params, lr=cfg.lr) if cfg.optimizer == "adagrad"
+               else RowAdagrad(params, lr=cfg.lr) if cfg.optimizer == "adagrad_row"
                else torch.optim.SparseAdam(params, lr=cfg.lr) if cfg.optimizer == "adam"
                else torch.optim.SGD(params, lr=cfg.lr))
         n_steps = -(-train.nnz // cfg.batch_size)

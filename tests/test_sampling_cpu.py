@@ -202,13 +202,54 @@ def slow_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, margin, lr, rank_w
             active += 1
             grads = [(ue, ua, u, 2 * w * (ie[n] - ie[p])), (ie, ia, p, -2 * w * (ue[u] - ie[p])),
                      (ie, ia, n, 2 * w * (ue[u] - ie[n]))]
-            for emb, acc, r, g in grads:
-                acc[r] += g * g
-                emb[r] -= f32(lr) * g / (np.sqrt(acc[r]) + f32(1e-10))
-                norm = np.sqrt((emb[r] ** 2).sum())
-                if clip > 0 and norm > clip:
-                    emb[r] *= f32(clip) / norm
+            slow_steps(grads, lr, clip)
     return loss, active
+
+
+def slow_steps(grads, lr, clip):
+    """Adagrad (element-wise, or row-wise for [n, 1] accumulators) and clipping, in numpy."""
+    f32 = np.float32
+    for emb, acc, r, g in grads:
+        acc[r] += g * g if acc.shape[1] > 1 else (g * g).mean()
+        emb[r] -= f32(lr) * g / (np.sqrt(acc[r]) + f32(1e-10))
+        norm = np.sqrt((emb[r] ** 2).sum())
+        if clip > 0 and norm > clip:
+            emb[r] *= f32(clip) / norm
+
+
+def slow_hogwild_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, margin, lr, rank_weight,
+                       clip, seed, epoch):
+    """train_epoch_hogwild on one thread: each pair scored on the current tables, then updated."""
+    n_items = ie.shape[0]
+    cands = cpu.sample_uniform(
+        torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(pu.astype(np.int64)),
+        n_items, U, seed, epoch,
+    )
+    f32 = np.float32
+    loss, active = 0.0, 0
+    for i in range(len(pu)):
+        u, p = int(pu[i]), int(pi[i])
+        neg, viol = ref.score_candidates(torch.from_numpy(ue), torch.from_numpy(ie),
+                                         torch.tensor([u]), torch.tensor([p]), cands[i:i + 1],
+                                         margin)
+        n, m = int(neg[0]), int(viol[0])
+        if m == 0 or n < 0:
+            continue
+        w = f32(np.log1p((n_items * m) // U)) if rank_weight else f32(1.0)
+        h = f32(margin) + ((ue[u] - ie[p]) ** 2).sum() - ((ue[u] - ie[n]) ** 2).sum()
+        if h <= 0:
+            continue
+        loss += float(w * h)
+        active += 1
+        slow_steps([(ue, ua, u, 2 * w * (ie[n] - ie[p])), (ie, ia, p, -2 * w * (ue[u] - ie[p])),
+                    (ie, ia, n, 2 * w * (ue[u] - ie[n]))], lr, clip)
+    return loss, active
+
+
+def accumulators(ue, ie, rowwise):
+    if rowwise:
+        return np.zeros((len(ue), 1), np.float32), np.zeros((len(ie), 1), np.float32)
+    return np.zeros_like(ue), np.zeros_like(ie)
 
 
 def toy_problem(seed=0, n_users=25, n_items=20, dim=6):
@@ -223,11 +264,12 @@ def toy_problem(seed=0, n_users=25, n_items=20, dim=6):
     return indptr, indices, pu[order], pi[order], ue, ie
 
 
-@pytest.mark.parametrize("rank_weight,clip", [(True, 1.0), (False, 0.0)])
-def test_train_epoch_matches_slow_loop(rank_weight, clip):
+@pytest.mark.parametrize("rank_weight,clip,rowwise", [(True, 1.0, False), (False, 0.0, False),
+                                                      (True, 1.0, True)])
+def test_train_epoch_matches_slow_loop(rank_weight, clip, rowwise):
     indptr, indices, pu, pi, ue, ie = toy_problem()
     kw = dict(margin=0.8, lr=0.05, rank_weight=rank_weight, seed=11)
-    fast = [ue.copy(), ie.copy(), np.zeros_like(ue), np.zeros_like(ie)]
+    fast = [ue.copy(), ie.copy(), *accumulators(ue, ie, rowwise)]
     slow = [a.copy() for a in fast]
     for epoch in range(3):
         got = cpu.train_epoch(indptr, indices, pu, pi, *fast, n_candidates=5, clip_norm=clip,
@@ -282,6 +324,79 @@ def test_train_epoch_learns_planted_clusters_within_clip_norm():
     d = ((ue[:, None] - ie[None]) ** 2).sum(-1)
     same = np.equal.outer(np.arange(n) >= half, np.arange(n) >= half)
     assert (np.where(same, d, 0).sum(1) / half < np.where(~same, d, 0).sum(1) / half).all()
+
+
+@pytest.mark.parametrize("rowwise", [False, True])
+def test_hogwild_on_one_thread_is_the_sequential_loop(threads, rowwise):
+    numba.set_num_threads(1)
+    indptr, indices, pu, pi, ue, ie = toy_problem(seed=2)
+    kw = dict(margin=0.8, lr=0.05, rank_weight=True, seed=3)
+    runs = [[ue.copy(), ie.copy(), *accumulators(ue, ie, rowwise)] for _ in range(2)]
+    slow = [a.copy() for a in runs[0]]
+    for epoch in range(3):
+        got = [cpu.train_epoch_hogwild(indptr, indices, pu, pi, *arrays, n_candidates=5,
+                                       clip_norm=1.0, epoch=epoch, **kw) for arrays in runs]
+        want = slow_hogwild_epoch(indptr, indices, pu, pi, *slow, U=5, clip=1.0, epoch=epoch, **kw)
+        assert got[0] == got[1]  # deterministic on one thread
+        assert got[0][1] == want[1] > 0
+        assert got[0][0] == pytest.approx(want[0], rel=1e-4)
+        for a, b, c in zip(*runs, slow):
+            assert np.array_equal(a, b)
+            np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,optimizer", [("cpu", "adagrad"), ("cpu", "adagrad_row"),
+                                               ("torch", "adagrad_row")])  # torch ignores hogwild
+def test_hogwild_on_two_threads_learns_the_checkerboard(threads, backend, optimizer):
+    from recsys_metric import Recommender, TrainConfig
+
+    from .conftest import checkerboard
+    from .test_recommender import FAST, half_of
+
+    numba.set_num_threads(min(2, threads))
+    model = Recommender(TrainConfig(**FAST, backend=backend, hogwild=True, optimizer=optimizer),
+                        index="exact").fit(checkerboard(40, 20), show_progress=False)
+    assert model.training_loop_ == ("fused-cpu" if backend == "cpu" else "torch+torch")
+    for u in range(40):
+        ids, _ = model.recommend(f"u{u}", N=10, filter_already_liked_items=False)
+        assert all(half_of(i) == u % 2 for i in ids), (u, ids)
+    for table in (model.user_embeddings_, model.item_embeddings_):
+        assert np.linalg.norm(table, axis=1).max() <= 1.0 + 1e-3  # races may overshoot a hair
+
+
+def test_row_adagrad_torch_optimizer_matches_the_numpy_rule():
+    from recsys_metric.train import RowAdagrad
+
+    emb = torch.nn.Embedding(5, 4, sparse=True)
+    w0 = emb.weight.detach().numpy().copy()
+    opt = RowAdagrad(emb.parameters(), lr=0.1)
+    acc = np.zeros((5, 1), np.float32)
+    for rows in ([0, 2, 2], [1, 2]):
+        idx = torch.tensor(rows)
+        opt.zero_grad()
+        (emb(idx) ** 2).sum().backward()
+        g = np.zeros_like(w0)
+        np.add.at(g, rows, 2 * w0[rows])  # duplicates summed, as the coalesced sparse grad
+        for r in sorted(set(rows)):
+            acc[r] += (g[r] ** 2).mean()
+            w0[r] -= np.float32(0.1) * g[r] / (np.sqrt(acc[r]) + np.float32(1e-10))
+        opt.step()
+        np.testing.assert_allclose(emb.weight.detach().numpy(), w0, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(opt.state[emb.weight]["sum"].numpy(), acc, rtol=1e-5)
+
+
+def test_hogwild_config_flag():
+    from recsys_metric import TrainConfig
+    from recsys_metric.cli import build_parser
+
+    with pytest.raises(ValueError, match="hogwild"):
+        TrainConfig(hogwild="yes").validate()
+    assert TrainConfig.from_dict({"hogwild": True}).hogwild
+    args = build_parser().parse_args(["train", "r.csv", "--out", "m", "--hogwild"])
+    from recsys_metric.cli import _config
+
+    assert _config(args).hogwild and not _config(build_parser().parse_args(
+        ["train", "r.csv", "--out", "m"])).hogwild
 
 
 def test_train_epoch_rejects_bad_tables():

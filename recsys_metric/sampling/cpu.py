@@ -22,6 +22,10 @@ order (two threads may update pairs that share no row at the same time; see ``_t
 so the result is bit-identical on any thread count. Candidates of pair ``i`` in epoch ``e`` are
 exactly ``sample_uniform(indptr, indices, pair_users, n_items, U, seed, offset=e)[i]``.
 
+:func:`train_epoch_hogwild` is the opt-in lock-free variant: each pair is sampled, scored and
+updated at once, threads racing on shared rows (deterministic on one thread only). Both take
+element-wise (``acc`` shaped like the table) or row-wise (``acc`` of shape ``[n, 1]``) Adagrad.
+
 numba is imported behind a guard: without it this module still imports (``HAS_NUMBA`` is False)
 and the public functions raise ``ImportError``; the dispatcher should then use the reference.
 """
@@ -71,6 +75,7 @@ BITSET_BUDGET_BYTES = 64 << 20
 _PREFETCH = 2  # pairs ahead whose rows phase (b) prefetches
 _CHUNK = 64  # pairs per claim in train_epoch's phase (a)
 _BCHUNK = 16  # pairs per claim in train_epoch's phase (b)
+_HCHUNK = 256  # pairs per claim in train_epoch_hogwild
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -357,8 +362,24 @@ def _hardest_given_kernel(users, pos, cands, user_emb, item_emb, margin):
 
 @njit(inline="always")
 def _adagrad_row(emb, acc, r, g, lr, eps):
-    """Adagrad step of row ``r`` by gradient ``g``; returns the new squared norm."""
+    """Adagrad step of row ``r`` by gradient ``g``; returns the new squared norm.
+
+    ``acc`` with one column: row-wise Adagrad, one accumulator per row that gains the mean of
+    ``g**2`` over the row (one sqrt and division per row instead of per element, no acc row read).
+    """
     sq = np.float32(0.0)
+    if acc.shape[1] == 1:
+        s = np.float32(0.0)
+        for d in range(g.shape[0]):
+            s += g[d] * g[d]
+        a = acc[r, 0] + s / np.float32(g.shape[0])
+        acc[r, 0] = a
+        step = lr / (np.sqrt(a) + eps)
+        for d in range(g.shape[0]):
+            x = emb[r, d] - step * g[d]
+            emb[r, d] = x
+            sq += x * x
+        return sq
     for d in range(g.shape[0]):
         a = acc[r, d] + g[d] * g[d]
         acc[r, d] = a
@@ -451,6 +472,17 @@ def _find_deps(pair_users, pair_items, s, n_pairs, neg, viol, dep, last_u, last_
 
 
 @njit(inline="always")
+def _scratch(n_tasks, rows, cols, dtype):
+    """Per-thread ``[rows, cols]`` scratch, ``out[t]``, with >= 64 bytes between two threads' rows.
+
+    Without the padding, the line at the boundary of two threads' blocks is written by both on
+    every update (false sharing), which serialised the lock-free kernel on 2 threads.
+    """
+    pad = (64 + cols * 4 - 1) // (cols * 4)  # rows of >= 4-byte items: >= 64 bytes
+    return np.empty((n_tasks, rows + pad, cols), dtype=dtype)
+
+
+@njit(inline="always")
 def _rank_weights(n_items, n_cand, rank_weight):
     """w = log(1 + floor(n_items * M / U)) takes only U + 1 values: tabulate, no log per update."""
     weights = np.ones(n_cand + 1, dtype=np.float32)
@@ -492,7 +524,7 @@ def _train_kernel(indptr, indices, bits, pair_users, pair_items, user_emb, item_
     pair_loss = np.empty(block)
     last_u = np.full(user_emb.shape[0], -1, dtype=np.int64)
     last_i = np.full(item_emb.shape[0], -1, dtype=np.int64)
-    grad = np.empty((n_tasks, 3, user_emb.shape[1]), dtype=np.float32)
+    grad = _scratch(n_tasks, 3, user_emb.shape[1], np.float32)
     weights = _rank_weights(item_emb.shape[0], n_cand, rank_weight)
     # per block: (a) claimed, (a) done, deps state, (b) claimed, (b) done, block state
     ctl = np.zeros((n_blocks, 6), dtype=np.int64)
@@ -541,6 +573,59 @@ def _train_kernel(indptr, indices, bits, pair_users, pair_items, user_emb, item_
     for k in range(n_blocks):
         loss += block_loss[k]
     return loss, block_active.sum()
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _hogwild_step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_norm, grad):
+    """``_update_pair`` under full fastmath (see ``_update_chunk``), for the Hogwild kernel."""
+    return _update_pair(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_norm,
+                        grad)
+
+
+@njit(**_PAR)
+def _hogwild_kernel(indptr, indices, bits, pair_users, pair_items, user_emb, item_emb, user_acc,
+                    item_acc, n_cand, margin, lr, rank_weight, clip_norm, key, n_tasks, chunk):
+    """Lock-free SGD: threads claim chunks of pairs in order; each pair is sampled, scored and
+    updated at once against the current (possibly concurrently written) tables.
+
+    Tried and dropped (no faster, 1M pairs, U=10, dim 64): drawing a pair ahead and prefetching
+    its candidate rows (~20% slower on one thread), PREFETCHW of the next pair's rows, one cache
+    line per row-wise accumulator. On two threads the updates cost ~2x what they cost on one:
+    both cores read the whole (small) item table while scoring, so every item-row write
+    invalidates the other core's copy.
+    """
+    n_pairs = pair_users.shape[0]
+    n_chunks = (n_pairs + chunk - 1) // chunk
+    ctl = np.zeros(1, dtype=np.int64)
+    grad = _scratch(n_tasks, 3, user_emb.shape[1], np.float32)
+    weights = _rank_weights(item_emb.shape[0], n_cand, rank_weight)
+    loss = np.zeros(n_tasks)
+    active = np.zeros(n_tasks, dtype=np.int64)
+    for t in prange(n_tasks):
+        t_loss, t_active = 0.0, 0  # locals: loss[t] per pair would false-share a cache line
+        while True:
+            c = _atomic_add(ctl, 0, 1)
+            if c >= n_chunks:
+                break
+            hi = min(n_pairs, (c + 1) * chunk)
+            for g in range(c * chunk, hi):
+                u, p = pair_users[g], pair_items[g]
+                if g + 1 < hi:
+                    _prefetch_pair(bits, user_emb, item_emb, pair_users[g + 1], pair_items[g + 1])
+                    _prefetch_row(user_acc, pair_users[g + 1])
+                    _prefetch_row(item_acc, pair_items[g + 1])
+                n, m = _score_sampled(indptr, indices, bits, user_emb, item_emb, u, p, n_cand,
+                                      margin, key, np.uint64(g) * np.uint64(n_cand))
+                if m > 0 and n >= 0:
+                    w = weights[m]
+                    h = _hogwild_step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin,
+                                      lr, clip_norm, grad[t])
+                    if h > 0:
+                        t_loss += w * h
+                        t_active += 1
+        loss[t] = t_loss
+        active[t] = t_active
+    return loss.sum(), active.sum()
 
 
 # ------------------------------------------------------------------------------- public API
@@ -670,6 +755,38 @@ def hardest_negatives(
     return torch.from_numpy(neg), torch.from_numpy(viol)
 
 
+def _prepare_epoch(indptr, indices, pair_users, pair_items, user_emb, item_emb, user_acc,
+                   item_acc, n_candidates):
+    """Checks of an epoch's inputs; (indptr, indices, pair_users, pair_items, bits)."""
+    _require_numba()
+    n_items = item_emb.shape[0]
+    _check_catalogue(n_items)
+    for name, a, ref in (("user", user_acc, user_emb), ("item", item_acc, item_emb)):
+        for arr in (a, ref):
+            if arr.dtype != np.float32 or not arr.flags.c_contiguous or arr.ndim != 2:
+                raise ValueError(f"{name} tables must be float32 C-contiguous 2-d arrays")
+        if a.shape != ref.shape and a.shape != (ref.shape[0], 1):
+            raise ValueError(f"{name}_acc shape {a.shape} is neither {name}_emb's {ref.shape} "
+                             f"nor ({ref.shape[0]}, 1)")
+    if user_acc.shape[1] != item_acc.shape[1]:
+        raise ValueError("user_acc and item_acc must both be element-wise or both row-wise")
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise ValueError(f"dims differ: {user_emb.shape[1]} vs {item_emb.shape[1]}")
+    if n_candidates < 1:
+        raise ValueError("n_candidates must be >= 1")
+    ip = np.ascontiguousarray(indptr, dtype=np.int64)
+    ix = np.ascontiguousarray(indices, dtype=np.int32)
+    pu = np.ascontiguousarray(pair_users, dtype=np.int32)
+    pi = np.ascontiguousarray(pair_items, dtype=np.int32)
+    if len(ip) - 1 != user_emb.shape[0] or len(pu) != len(pi):
+        raise ValueError("indptr must have n_users + 1 entries and pairs equal lengths")
+    _check_ids("pair_users", pu, user_emb.shape[0])
+    _check_ids("pair_items", pi, n_items)
+    _check_ids("indices", ix, n_items)
+    bits = _bits(ip, ix, n_items, len(pu) * n_candidates)
+    return ip, ix, pu, pi, bits
+
+
 def train_epoch(
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -708,7 +825,9 @@ def train_epoch(
     user_emb, item_emb : np.ndarray
         float32 C-contiguous ``[n, dim]`` tables, updated in place.
     user_acc, item_acc : np.ndarray
-        float32 Adagrad accumulators, same shapes, updated in place.
+        float32 Adagrad accumulators, updated in place: the embeddings' shapes (element-wise
+        Adagrad) or ``[n, 1]`` both (row-wise Adagrad: each row's accumulator gains the mean of
+        ``g**2`` over the row, the step is ``lr * g / (sqrt(acc) + 1e-10)``).
     n_candidates, margin, lr, rank_weight, clip_norm : see above (``clip_norm <= 0``: no clipping).
     seed, epoch : int
         RNG stream key.
@@ -723,33 +842,54 @@ def train_epoch(
     n_active : int
         Number of pairs that were updated.
     """
-    _require_numba()
-    n_items = item_emb.shape[0]
-    _check_catalogue(n_items)
-    for name, a, ref in (("user", user_acc, user_emb), ("item", item_acc, item_emb)):
-        for arr in (a, ref):
-            if arr.dtype != np.float32 or not arr.flags.c_contiguous or arr.ndim != 2:
-                raise ValueError(f"{name} tables must be float32 C-contiguous 2-d arrays")
-        if a.shape != ref.shape:
-            raise ValueError(f"{name}_acc shape {a.shape} != {name}_emb shape {ref.shape}")
-    if user_emb.shape[1] != item_emb.shape[1]:
-        raise ValueError(f"dims differ: {user_emb.shape[1]} vs {item_emb.shape[1]}")
-    if n_candidates < 1 or block_size < 1:
-        raise ValueError("n_candidates and block_size must be >= 1")
-    ip = np.ascontiguousarray(indptr, dtype=np.int64)
-    ix = np.ascontiguousarray(indices, dtype=np.int32)
-    pu = np.ascontiguousarray(pair_users, dtype=np.int32)
-    pi = np.ascontiguousarray(pair_items, dtype=np.int32)
-    if len(ip) - 1 != user_emb.shape[0] or len(pu) != len(pi):
-        raise ValueError("indptr must have n_users + 1 entries and pairs equal lengths")
-    _check_ids("pair_users", pu, user_emb.shape[0])
-    _check_ids("pair_items", pi, n_items)
-    _check_ids("indices", ix, n_items)
-    bits = _bits(ip, ix, n_items, len(pu) * n_candidates)
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    ip, ix, pu, pi, bits = _prepare_epoch(indptr, indices, pair_users, pair_items, user_emb,
+                                          item_emb, user_acc, item_acc, n_candidates)
     loss, active = _train_kernel(
         ip, ix, bits, pu, pi, user_emb, item_emb, user_acc, item_acc, np.int64(n_candidates),
         np.float32(margin), np.float32(lr), bool(rank_weight), np.float32(clip_norm),
         _stream_key(seed, epoch), np.int64(min(block_size, max(1, len(pu)))),
         np.int64(numba.get_num_threads()), np.int64(_BCHUNK),
+    )
+    return float(loss), int(active)
+
+
+def train_epoch_hogwild(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    pair_users: np.ndarray,
+    pair_items: np.ndarray,
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    user_acc: np.ndarray,
+    item_acc: np.ndarray,
+    *,
+    n_candidates: int,
+    margin: float,
+    lr: float,
+    rank_weight: bool,
+    clip_norm: float,
+    seed: int,
+    epoch: int,
+) -> tuple[float, int]:
+    """One lock-free (Hogwild) CML epoch: :func:`train_epoch`'s loss, sampler and clipping, but
+    each pair is sampled against the current tables and updated at once.
+
+    Threads claim chunks of pairs in order. For pair ``i`` a thread draws the same candidates as
+    :func:`train_epoch` (``sample_uniform(..., pair_users, ..., seed=seed, offset=epoch)[i]``),
+    picks the hardest ``n`` and counts the violators ``M`` against the tables as they are now,
+    and if ``M > 0`` (so ``h > 0``) takes the Adagrad step on ``w * h`` and clips the three rows,
+    without locks. On one thread (``numba.set_num_threads(1)``) this is plain sequential SGD with
+    fresh negatives, hence deterministic; on more, threads race on shared rows (a lost or mixed
+    update, a row briefly outside the ball), as in implicit's BPR or LightFM, so results vary from
+    run to run. Same parameters and returns as :func:`train_epoch` (no ``block_size``).
+    """
+    ip, ix, pu, pi, bits = _prepare_epoch(indptr, indices, pair_users, pair_items, user_emb,
+                                          item_emb, user_acc, item_acc, n_candidates)
+    loss, active = _hogwild_kernel(
+        ip, ix, bits, pu, pi, user_emb, item_emb, user_acc, item_acc, np.int64(n_candidates),
+        np.float32(margin), np.float32(lr), bool(rank_weight), np.float32(clip_norm),
+        _stream_key(seed, epoch), np.int64(numba.get_num_threads()), np.int64(_HCHUNK),
     )
     return float(loss), int(active)
