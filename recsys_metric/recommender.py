@@ -53,7 +53,6 @@ class Recommender:
         resolve_index(self.index, interactions.n_items)
         t0 = time.perf_counter()
         train = interactions.matrix
-        result = None
         if cfg.patience and valid is None:
             sub, val = validation_split(interactions)
             probe = Trainer(cfg, callbacks, show_progress).fit(sub.matrix, val.matrix)
