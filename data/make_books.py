@@ -341,7 +341,7 @@ def generate(seed: int = SEED):
         gaps = rng.exponential(1.0, n)
         ts = start + np.floor(np.cumsum(gaps) / gaps.sum() * (span - n)).astype(np.int64)
         ts = ts + np.arange(n)  # strictly increasing, still <= start + span
-        for i, r, s in zip(seq_items, ratings, ts):
+        for i, r, s in zip(seq_items, ratings, ts, strict=True):
             rows.append((u, int(i), int(r), int(s)))
 
     return genre_of, titles, rows

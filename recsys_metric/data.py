@@ -184,7 +184,7 @@ def _sniff(path: Path, names_given: bool = False) -> tuple[str, bool]:
     known = USER_NAMES + ITEM_NAMES + RATING_NAMES + TIME_NAMES + TITLE_NAMES + ("id",)
     head, nxt = fields(first), fields(second)
     header = (names_given or any(f.lower() in known for f in head)
-              or any(not _is_number(a) and _is_number(b) for a, b in zip(head, nxt)))
+              or any(not _is_number(a) and _is_number(b) for a, b in zip(head, nxt, strict=False)))
     return sep, header
 
 

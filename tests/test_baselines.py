@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys_metric.baselines import ALS, BPR, BASELINES, Popularity, make_baseline
+from recsys_metric.baselines import ALS, BASELINES, BPR, Popularity, make_baseline
 from recsys_metric.evaluation import evaluate_ranking
 
 N_USERS, N_ITEMS = 40, 30

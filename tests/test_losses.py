@@ -3,8 +3,13 @@ import math
 import pytest
 import torch
 
-from recsys_metric.losses import (CenterLoss, ContrastiveLoss, CovarianceLoss, TripletLoss,
-                                  rank_weight)
+from recsys_metric.losses import (
+    CenterLoss,
+    ContrastiveLoss,
+    CovarianceLoss,
+    TripletLoss,
+    rank_weight,
+)
 
 
 @pytest.fixture

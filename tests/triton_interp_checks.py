@@ -15,7 +15,6 @@ import sys
 import time
 import traceback
 
-import numpy as np
 import torch
 from scipy.stats import chisquare
 
