@@ -3,10 +3,10 @@
 (a) hardest-of-U negatives/s and peak memory: numba CPU path vs ``reference.hardest_negatives``,
     U in {1, 10, 50} x dim in {32, 64, 128}, each config in a fresh subprocess; peak = peak RSS
     of the timed calls over the RSS before them.
-(b) end-to-end training: ``cpu.train_epoch`` triplets/s (sampling included, U = 10 and 20, dim 64)
-    against ``implicit`` BPR samples/s (nnz * iterations / fit seconds) on the same matrix, run
-    interleaved in one process so both see the same machine load; best of the rounds is kept.
-    Also ``cpu.train_epoch_hogwild`` (lock-free), with element-wise and row-wise Adagrad.
+(b) end-to-end training: ``cpu_train.train_epoch`` triplets/s (sampling included, U = 10 and 20,
+    dim 64) against ``implicit`` BPR samples/s (nnz * iterations / fit seconds) on the same matrix,
+    run interleaved in one process so both see the same machine load; best of the rounds is kept.
+    Also ``cpu_train.train_epoch_hogwild`` (lock-free), with element-wise and row-wise Adagrad.
 
 Data: ML-1M (``../shared/datasets/ml-1m/ratings.dat``) when present, else a generated matrix of the
 same shape (6040 x 3706, ~1M nnz, Zipf-like item popularity, log-normal user degrees, seed 0).
@@ -153,7 +153,7 @@ def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, block, seed=0,
               hogwild=False, rowwise=False) -> dict:
     import numba
 
-    from recsys_metric.sampling import cpu
+    from recsys_metric.sampling import cpu, cpu_train
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -177,7 +177,7 @@ def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, block, seed=0,
     hp = dict(n_candidates=U, margin=1.9, lr=0.1, rank_weight=True, clip_norm=1.0, seed=seed)
     if not hogwild:
         hp["block_size"] = block
-    epoch_fn = cpu.train_epoch_hogwild if hogwild else cpu.train_epoch
+    epoch_fn = cpu_train.train_epoch_hogwild if hogwild else cpu_train.train_epoch
     times, active = [], 0
     for epoch in range(epochs + 1):  # epoch 0: JIT (or cache load) and the large first updates
         t = time.perf_counter()

@@ -4,8 +4,8 @@ Two loops with the same semantics (loss, sampler, clipping, Adagrad):
 
 - the torch loop, on any device: per batch the sampler picks negatives under ``no_grad`` (the fused
   Triton kernel on CUDA), autograd computes the batch loss, a sparse Adagrad step updates the rows;
-- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu.train_epoch`): negatives are drawn
-  in parallel per block of pairs, then the triplets are applied one by one, deterministically
+- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu_train.train_epoch`): negatives are
+  drawn in parallel per block of pairs, then the triplets are applied one by one, deterministically
   whatever the thread count (or, with ``hogwild=True``, sampled and applied pair by pair by
   threads without locks: faster, deterministic only on one thread). Used on CPU for Adagrad
   (element-wise or row-wise) without the covariance term.
@@ -113,7 +113,7 @@ class RowAdagrad(torch.optim.Optimizer):
     mean over the row of the squared (summed) gradient; step ``lr * g / (sqrt(acc) + eps)``.
 
     The fused CPU loop's ``adagrad_row`` (``[n, 1]`` accumulators in
-    :func:`recsys_metric.sampling.cpu.train_epoch`) applies the same rule per triplet.
+    :func:`recsys_metric.sampling.cpu_train.train_epoch`) applies the same rule per triplet.
     """
 
     def __init__(self, params, lr: float = 0.1, eps: float = 1e-10) -> None:
@@ -234,7 +234,7 @@ class Trainer:
         return np.random.default_rng((self.config.seed, epoch)).permutation(nnz)
 
     def _fused_cpu_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
-        from .sampling import cpu
+        from .sampling import cpu_train
 
         cfg = self.config
         pair_users, pair_items = self._pairs(train)
@@ -244,7 +244,7 @@ class Trainer:
         cols = 1 if cfg.optimizer == "adagrad_row" else cfg.dim  # [n, 1]: row-wise Adagrad
         user_acc = np.zeros((user_emb.shape[0], cols), np.float32)
         item_acc = np.zeros((item_emb.shape[0], cols), np.float32)
-        epoch_fn = cpu.train_epoch_hogwild if cfg.hogwild else cpu.train_epoch
+        epoch_fn = cpu_train.train_epoch_hogwild if cfg.hogwild else cpu_train.train_epoch
 
         def run(epoch: int) -> tuple[float, int]:
             perm = self._permutation(train.nnz, epoch)

@@ -1,6 +1,6 @@
 """CPU (numba) sampler and training epoch against the torch reference and a plain-numpy loop."""
 
-import importlib.util
+import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +14,8 @@ cpu = pytest.importorskip("recsys_metric.sampling.cpu")
 if not cpu.HAS_NUMBA:
     pytest.skip("numba not installed", allow_module_level=True)
 import numba  # noqa: E402
+
+from recsys_metric.sampling import cpu_train  # noqa: E402
 
 
 def csr(rows, n_items):
@@ -125,7 +127,7 @@ def test_single_item_catalogue_raises():
         )
     with pytest.raises(ValueError, match="at least 2 items"):
         z = np.zeros((1, 2), np.float32)
-        cpu.train_epoch(
+        cpu_train.train_epoch(
             indptr.numpy(), indices.numpy(), np.zeros(1, np.int32), np.zeros(1, np.int32),
             np.zeros((2, 2), np.float32), z, np.zeros((2, 2), np.float32), z.copy(),
             n_candidates=2, margin=1.0, lr=0.1, rank_weight=True, clip_norm=1.0, seed=0, epoch=0,
@@ -272,8 +274,8 @@ def test_train_epoch_matches_slow_loop(rank_weight, clip, rowwise):
     fast = [ue.copy(), ie.copy(), *accumulators(ue, ie, rowwise)]
     slow = [a.copy() for a in fast]
     for epoch in range(3):
-        got = cpu.train_epoch(indptr, indices, pu, pi, *fast, n_candidates=5, clip_norm=clip,
-                              epoch=epoch, block_size=40, **kw)
+        got = cpu_train.train_epoch(indptr, indices, pu, pi, *fast, n_candidates=5, clip_norm=clip,
+                                    epoch=epoch, block_size=40, **kw)
         want = slow_epoch(indptr, indices, pu, pi, *slow, U=5, clip=clip, epoch=epoch, block=40,
                           **kw)
         assert got[1] == want[1] > 0
@@ -290,9 +292,9 @@ def test_train_epoch_bit_identical_on_1_and_2_threads(threads):
     for n in (1, 2):
         numba.set_num_threads(n)
         arrays = [ue.copy(), ie.copy(), np.zeros_like(ue), np.zeros_like(ie)]
-        res = [cpu.train_epoch(indptr, indices, pu, pi, *arrays, n_candidates=10, margin=0.5,
-                               lr=0.1, rank_weight=True, clip_norm=1.0, seed=1, epoch=e,
-                               block_size=256) for e in range(2)]
+        res = [cpu_train.train_epoch(indptr, indices, pu, pi, *arrays, n_candidates=10, margin=0.5,
+                                     lr=0.1, rank_weight=True, clip_norm=1.0, seed=1, epoch=e,
+                                     block_size=256) for e in range(2)]
         out.append((res, arrays))
     assert out[0][0] == out[1][0]
     for a, b in zip(out[0][1], out[1][1]):
@@ -313,7 +315,7 @@ def test_train_epoch_learns_planted_clusters_within_clip_norm():
     losses = []
     for epoch in range(12):
         order = rng.permutation(len(pu))
-        loss, active = cpu.train_epoch(
+        loss, active = cpu_train.train_epoch(
             indptr, indices, pu[order], pi[order], ue, ie, ua, ia, n_candidates=10, margin=0.5,
             lr=0.1, rank_weight=True, clip_norm=clip, seed=0, epoch=epoch, block_size=64,
         )
@@ -334,8 +336,8 @@ def test_hogwild_on_one_thread_is_the_sequential_loop(threads, rowwise):
     runs = [[ue.copy(), ie.copy(), *accumulators(ue, ie, rowwise)] for _ in range(2)]
     slow = [a.copy() for a in runs[0]]
     for epoch in range(3):
-        got = [cpu.train_epoch_hogwild(indptr, indices, pu, pi, *arrays, n_candidates=5,
-                                       clip_norm=1.0, epoch=epoch, **kw) for arrays in runs]
+        got = [cpu_train.train_epoch_hogwild(indptr, indices, pu, pi, *arrays, n_candidates=5,
+                                             clip_norm=1.0, epoch=epoch, **kw) for arrays in runs]
         want = slow_hogwild_epoch(indptr, indices, pu, pi, *slow, U=5, clip=1.0, epoch=epoch, **kw)
         assert got[0] == got[1]  # deterministic on one thread
         assert got[0][1] == want[1] > 0
@@ -402,22 +404,38 @@ def test_hogwild_config_flag():
 def test_train_epoch_rejects_bad_tables():
     indptr, indices, pu, pi, ue, ie = toy_problem()
     with pytest.raises(ValueError, match="float32"):
-        cpu.train_epoch(indptr, indices, pu, pi, ue.astype(np.float64), ie, np.zeros_like(ue),
-                        np.zeros_like(ie), n_candidates=3, margin=1.0, lr=0.1, rank_weight=True,
-                        clip_norm=1.0, seed=0, epoch=0)
+        cpu_train.train_epoch(indptr, indices, pu, pi, ue.astype(np.float64), ie, np.zeros_like(ue),
+                              np.zeros_like(ie), n_candidates=3, margin=1.0, lr=0.1,
+                              rank_weight=True, clip_norm=1.0, seed=0, epoch=0)
     with pytest.raises(ValueError, match="pair_items"):
-        cpu.train_epoch(indptr, indices, pu, pi + 100, ue, ie, np.zeros_like(ue),
-                        np.zeros_like(ie), n_candidates=3, margin=1.0, lr=0.1, rank_weight=True,
-                        clip_norm=1.0, seed=0, epoch=0)
+        cpu_train.train_epoch(indptr, indices, pu, pi + 100, ue, ie, np.zeros_like(ue),
+                              np.zeros_like(ie), n_candidates=3, margin=1.0, lr=0.1,
+                              rank_weight=True, clip_norm=1.0, seed=0, epoch=0)
 
 
-def test_imports_without_numba(monkeypatch):
-    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` now raises ImportError
-    spec = importlib.util.spec_from_file_location("recsys_metric.sampling._cpu_no_numba",
-                                                  cpu.__file__)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert not mod.HAS_NUMBA
-    with pytest.raises(ImportError, match="needs numba"):
-        mod.sample_uniform(torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int32),
-                           torch.tensor([0]), 3, 2)
+def test_imports_without_numba():
+    # a fresh interpreter: `import numba` raises ImportError there (sys.modules entry None), so
+    # cpu, cpu_train and _numba_ops are all imported from scratch without it
+    code = """
+import sys
+sys.modules["numba"] = None
+import torch
+import recsys_metric.sampling
+from recsys_metric.sampling import _numba_ops, cpu, cpu_train
+assert not cpu.HAS_NUMBA and not _numba_ops.HAS_NUMBA
+for call in (
+    lambda: cpu.sample_uniform(torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int32),
+                               torch.tensor([0]), 3, 2),
+    lambda: cpu_train.train_epoch_hogwild(None, None, None, None, None, None, None, None,
+                                          n_candidates=1, margin=1.0, lr=0.1, rank_weight=True,
+                                          clip_norm=1.0, seed=0, epoch=0),
+):
+    try:
+        call()
+    except ImportError as e:
+        assert "needs numba" in str(e), e
+    else:
+        raise AssertionError("no ImportError")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,178 @@
+"""Low-level numba building blocks shared by :mod:`.cpu` (sampler) and :mod:`.cpu_train` (training).
+
+- the numba guard: without numba this module still imports (``HAS_NUMBA`` is False, ``njit`` and
+  ``intrinsic`` are no-op decorators, ``prange`` is ``range``) and ``_require_numba`` raises;
+- the jit options ``_FM`` / ``_PAR``;
+- the counter-based RNG: ``_mix_py`` / ``_stream_key`` (Python side) and ``_hash`` (kernel side),
+  ``_mulhi`` (hash to range by multiply-high);
+- LLVM intrinsics: prefetch, atomics on int64 arrays, ``sched_yield``.
+
+numba's on-disk cache only tracks the file a kernel is defined in: after editing this module (or
+the helpers in :mod:`.cpu`), clear ``recsys_metric/sampling/__pycache__`` while developing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Before numba starts its OpenMP pool: idle workers sleep instead of spinning. With a parallel
+# region per training block (an earlier design), at load 3-4 on 2 shared cores 2 threads ran at
+# 0.4 M triplets/s with the default spin policy vs 2.0 with passive, and passive was no slower at
+# load ~1.3. train_epoch now opens one region per epoch; the sampler kernels still benefit when
+# called in a loop. setdefault: an explicit user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+try:
+    import numba
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    HAS_NUMBA = True
+except ImportError:  # pragma: no cover - exercised in a subprocess test
+    HAS_NUMBA = False
+    numba = None
+    prange = range
+
+    def njit(*args, **kwargs):  # lets the kernels below be defined (never called) without numba
+        return args[0] if args and callable(args[0]) else (lambda f: f)
+
+    intrinsic = njit
+
+
+# fastmath minus "nnan"/"ninf": the kernels rely on inf/NaN behaving (an empty row, a diverged
+# embedding); "reassoc" + "contract" are what buy the vectorised fp32 reductions and FMAs.
+_FM = {"reassoc", "contract", "arcp", "nsz", "afn"}
+# error_model="numpy": no ZeroDivisionError branch inside loops, which would block vectorisation.
+_PAR = dict(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
+
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+
+
+def _mix_py(z: int) -> int:
+    z &= _MASK
+    z = ((z ^ (z >> 30)) * _M1) & _MASK
+    z = ((z ^ (z >> 27)) * _M2) & _MASK
+    return z ^ (z >> 31)
+
+
+def _stream_key(seed: int, offset: int) -> np.uint64:
+    """64-bit key of the stream ``(seed, offset)``; the kernels add ``(counter + 1) * golden``."""
+    return np.uint64(_mix_py(_mix_py(int(seed)) + (int(offset) & _MASK) * _M2))
+
+
+def _require_numba() -> None:
+    if not HAS_NUMBA:
+        raise ImportError(
+            "recsys_metric.sampling.cpu needs numba; use recsys_metric.sampling.reference instead"
+        )
+
+
+# ----------------------------------------------------------------------------------- kernels
+
+
+@njit(inline="always")
+def _hash(key, ctr):
+    z = key + (ctr + np.uint64(1)) * np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
+    return z ^ (z >> np.uint64(31))
+
+
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """``llvm.prefetch`` of the cache line holding ``arr[row, col]`` (no bounds check)."""
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return types.void(arr, row, col), codegen
+
+
+@njit(inline="always")
+def _prefetch_row(a, r):
+    for d in range(0, a.shape[1], 64 // a.itemsize):
+        _prefetch(a, r, d)
+
+
+def _elem_ptr(context, builder, sig, args):
+    aryty = sig.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    idx = context.cast(builder, args[1], sig.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, i, v):
+    """``arr[i] += v`` atomically (int64 ``arr``); returns the old value."""
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", _elem_ptr(context, builder, sig, args), val, "seq_cst")
+
+    return types.int64(arr, i, v), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, i):
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_elem_ptr(context, builder, sig, args), "acquire", 8)
+
+    return types.int64(arr, i), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, arr, i, v):
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(val, _elem_ptr(context, builder, sig, args), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, v), codegen
+
+
+@intrinsic
+def _atomic_cas(typingctx, arr, i, old, new):
+    """``arr[i] = new`` if it equals ``old``, atomically; True if this call did it."""
+
+    def codegen(context, builder, sig, args):
+        o, n = (context.cast(builder, a, t, types.int64) for a, t in zip(args[2:], sig.args[2:]))
+        res = builder.cmpxchg(_elem_ptr(context, builder, sig, args), o, n, "seq_cst", "seq_cst")
+        return builder.extract_value(res, 1)
+
+    return types.boolean(arr, i, old, new), codegen
+
+
+@intrinsic
+def _yield(typingctx):
+    """``sched_yield()``: a waiting thread hands its core to whoever can use it."""
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(inline="always")
+def _mulhi(x, n):
+    """``floor(x * n / 2**64)`` for ``n < 2**32``, without 128-bit integers."""
+    nn = np.uint64(n)
+    t = (x >> np.uint64(32)) * nn + (((x & np.uint64(0xFFFFFFFF)) * nn) >> np.uint64(32))
+    return np.int64(t >> np.uint64(32))
