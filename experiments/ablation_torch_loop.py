@@ -14,7 +14,6 @@ import argparse
 import json
 
 import numpy as np
-from defaults_seeds import Scorer
 from tune_defaults import validation_splits
 
 from recsys_metric import TrainConfig, Trainer
@@ -42,8 +41,8 @@ def main() -> None:
         cells = []
         for name, (fit, valid) in splits.items():
             cfg = dict(backend="torch", batch_size=a.batch_size, **kw)
-            ms = [evaluate_ranking(Scorer(Trainer(TrainConfig(seed=s, **cfg),
-                                                  show_progress=False).fit(fit)), fit, valid, k=10)
+            ms = [evaluate_ranking(Trainer(TrainConfig(seed=s, **cfg), show_progress=False)
+                                  .fit(fit), fit, valid, k=10)
                   for s in a.seeds]
             nd, hr = (float(np.mean([m[k] for m in ms])) for k in ("NDCG@10", "HR@10"))
             out.setdefault(label, {})[name] = {"NDCG@10": nd, "HR@10": hr}

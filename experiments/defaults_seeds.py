@@ -19,16 +19,6 @@ from tune_defaults import validation_splits
 
 from recsys_metric import TrainConfig, Trainer
 from recsys_metric.evaluation import evaluate_ranking
-from recsys_metric.train import TrainResult
-
-
-class Scorer:
-    def __init__(self, res: TrainResult) -> None:
-        self.users, self.items = res.user_embeddings, res.item_embeddings
-
-    def score_users(self, idx: np.ndarray) -> np.ndarray:
-        u = self.users[idx]
-        return -((u * u).sum(1)[:, None] - 2 * u @ self.items.T + (self.items ** 2).sum(1))
 
 
 def main() -> None:
@@ -44,8 +34,8 @@ def main() -> None:
     for margin, dim in itertools.product(a.margins, a.dims):
         row = {"margin": margin, "dim": dim}
         for name, (fit, valid) in splits.items():
-            ms = [evaluate_ranking(Scorer(Trainer(TrainConfig(seed=s, margin=margin, dim=dim),
-                                                  show_progress=False).fit(fit)), fit, valid, k=10)
+            ms = [evaluate_ranking(Trainer(TrainConfig(seed=s, margin=margin, dim=dim),
+                                          show_progress=False).fit(fit), fit, valid, k=10)
                   for s in a.seeds]
             row[name] = {m: float(np.mean([x[m] for x in ms])) for m in ("NDCG@10", "HR@10")}
         rows.append(row)

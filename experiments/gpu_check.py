@@ -54,7 +54,8 @@ def section(name):
 def random_csr(n_users, n_items, nnz, seed):
     """Skewed random pattern (popular users/items) plus edge users: 0 has no positives, 1 has
     every item but the last, 2 has every item. Returns (indptr, indices int32, rows, cols) with
-    (rows, cols) the random pairs only, so batches drawn from them are not dominated by users 1-2."""
+    (rows, cols) the random pairs only, so batches drawn from them are not dominated by
+    users 1-2."""
     g = torch.Generator(device=DEV).manual_seed(seed)
     u = (torch.rand(nnz, generator=g, device=DEV).pow(2) * n_users).long()
     i = (torch.rand(nnz, generator=g, device=DEV).pow(3) * n_items).long()

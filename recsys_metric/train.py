@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import sampling
 from .device import resolve_device
 from .losses import CovarianceLoss, TripletLoss
-from .model import CML
+from .model import CML, pairwise_squared_distance
 
 OPTIMIZERS = ("adagrad", "adagrad_row", "adam", "sgd")
 # torch's sparse Adagrad warns on every construction of its internal sparse tensors.
@@ -106,6 +106,11 @@ class TrainResult:
     best_epoch: int | None = None
     seconds: float = 0.0
     loop: str = ""
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        """Minus squared distances to every item, so a result can be evaluated directly."""
+        users = torch.as_tensor(self.user_embeddings[np.asarray(user_idx)])
+        return (-pairwise_squared_distance(users, torch.as_tensor(self.item_embeddings))).numpy()
 
 
 class RowAdagrad(torch.optim.Optimizer):

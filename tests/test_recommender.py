@@ -144,3 +144,15 @@ def test_cml_beats_popularity_on_the_bundled_split():
     m_cml = evaluate_ranking(cml, train.matrix, test.matrix, k=10)
     m_pop = evaluate_ranking(pop, train.matrix, test.matrix, k=10)
     assert m_cml["HR@10"] > 1.5 * m_pop["HR@10"]
+
+
+def test_train_result_scores_like_the_fitted_recommender():
+    from recsys_metric import Trainer
+
+    data = checkerboard(20, 10)
+    cfg = TrainConfig(**{**FAST, "epochs": 3})
+    res = Trainer(cfg, show_progress=False).fit(data.matrix)
+    model = Recommender(cfg).fit(data, show_progress=False)
+    idx = np.arange(5)
+    np.testing.assert_allclose(res.score_users(idx), model.score_users(idx), rtol=1e-6)
+    assert res.score_users(idx).shape == (5, 10)
