@@ -6,7 +6,7 @@
 (b) end-to-end training: ``cpu_train.train_epoch`` triplets/s (sampling included, U = 10 and 20,
     dim 64) against ``implicit`` BPR samples/s (nnz * iterations / fit seconds) on the same matrix,
     run interleaved in one process so both see the same machine load; best of the rounds is kept.
-    Also ``cpu_train.train_epoch_hogwild`` (lock-free), with element-wise and row-wise Adagrad.
+    Element-wise and row-wise Adagrad; lanes = threads (the default) and, for scale, one lane.
 
 Data: ML-1M (``../shared/datasets/ml-1m/ratings.dat``) when present, else a generated matrix of the
 same shape (6040 x 3706, ~1M nnz, Zipf-like item popularity, log-normal user degrees, seed 0).
@@ -31,6 +31,10 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy/implicit load OpenBLAS
 
 import numpy as np  # noqa: E402
+
+from recsys_metric import TrainConfig  # noqa: E402
+
+OPTIMIZERS = ("adagrad", "adagrad_row")
 
 ROOT = Path(__file__).resolve().parents[1]
 ML1M = ROOT.parent / "shared" / "datasets" / "ml-1m" / "ratings.dat"
@@ -149,8 +153,8 @@ def bench_sampler(path: str, configs, B: int, threads: int) -> list[dict]:
 # ------------------------------------------------------------------------------ (b) training
 
 
-def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, block, seed=0,
-              hogwild=False, rowwise=False) -> dict:
+def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, lanes, optimizer, block,
+              seed=0) -> dict:
     import numba
 
     from recsys_metric.sampling import cpu, cpu_train
@@ -173,20 +177,21 @@ def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, block, seed=0,
         return aligned(x / np.maximum(1.0, np.linalg.norm(x, axis=1, keepdims=True)))
 
     ue, ie = init(n_users), init(n_items)
-    ua, ia = (aligned(np.zeros((len(x), 1 if rowwise else dim), np.float32)) for x in (ue, ie))
-    hp = dict(n_candidates=U, margin=1.9, lr=0.1, rank_weight=True, clip_norm=1.0, seed=seed)
-    if not hogwild:
-        hp["block_size"] = block
-    epoch_fn = cpu_train.train_epoch_hogwild if hogwild else cpu_train.train_epoch
+    cols = 1 if optimizer == "adagrad_row" else dim
+    ua, ia = (aligned(np.zeros((len(x), cols), np.float32)) for x in (ue, ie))
+    d = TrainConfig()
+    hp = dict(n_candidates=U, margin=d.margin, lr=d.lr, rank_weight=d.rank_weight,
+              clip_norm=d.clip_norm, seed=seed, lanes=lanes, block_size=block)
     times, active = [], 0
     for epoch in range(epochs + 1):  # epoch 0: JIT (or cache load) and the large first updates
         t = time.perf_counter()
         order = rng.permutation(len(pu))  # the caller's shuffle is part of an epoch's cost
-        _, a = epoch_fn(indptr, indices, pu[order], pi[order], ue, ie, ua, ia, epoch=epoch, **hp)
+        _, a = cpu_train.train_epoch(indptr, indices, pu[order], pi[order], ue, ie, ua, ia,
+                                     epoch=epoch, **hp)
         times.append(time.perf_counter() - t)
         active = a
     dt = sum(times[1:])
-    # phase (a) alone at the trained state, to split the epoch into its parallel/sequential parts
+    # sampling alone at the trained state, to split an epoch into sampling and the rest
     import torch
 
     t = time.perf_counter()
@@ -214,17 +219,11 @@ def bench_bpr(indptr, indices, n_items, iterations, threads, seed=0) -> dict:
 # ------------------------------------------------------------------------------------ report
 
 
-# training modes: train_epoch (bit-identical on any thread count), then the lock-free kernel with
-# element-wise and with row-wise Adagrad
-MODES = ("deterministic", "hogwild", "hogwild+adagrad_row")
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small grid, finishes in under a minute")
     ap.add_argument("--out", type=Path, help="also write the markdown tables here")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--block", type=int, default=4096, help="train_epoch block_size")
     ap.add_argument("--_worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
@@ -245,30 +244,28 @@ def main(argv=None) -> dict:
         np.savez(path, indptr=indptr, indices=indices, n_items=n_items)
         sampler = bench_sampler(path, configs, B, args.threads)
 
-    # (model, threads, block): the extra rows show thread scaling and how much of the 2-thread
-    # time is the per-block fork/join, which a busy shared machine makes expensive
+    # (model, threads, lanes, optimizer, block): one lane and batch 4096 are the defaults;
+    # lanes = threads and a larger block are the speed options
     runs = {}
     for th in [args.threads] + ([] if quick or args.threads == 1 else [1]):
-        runs[("bpr", th, 0)] = lambda th=th: bench_bpr(indptr, indices, n_items, iters, th)
-        for U in (10, 20):
-            for block in [args.block] + ([] if quick or th == 1 else [16 * args.block]):
-                runs[(f"cml_u{U}", th, block)] = lambda th=th, U=U, block=block: bench_cml(
-                    indptr, indices, n_items, U, 64, epochs, th, block)
-            for mode in MODES[1:]:
-                runs[(f"cml_u{U}_{mode}", th, 0)] = lambda th=th, U=U, mode=mode: bench_cml(
-                    indptr, indices, n_items, U, 64, epochs, th, 0, hogwild=True,
-                    rowwise=mode == "hogwild+adagrad_row")
+        runs[("bpr", th, 0, "", 0)] = lambda th=th: bench_bpr(indptr, indices, n_items, iters, th)
+        for U in (10,) if quick else (10, 20):
+            for lanes, block in [(1, 4096)] + ([(th, 4096), (th, 16384)] if th > 1 else []):
+                for opt in OPTIMIZERS:
+                    runs[(f"cml_u{U}", th, lanes, opt, block)] = (
+                        lambda th=th, U=U, lanes=lanes, opt=opt, block=block: bench_cml(
+                            indptr, indices, n_items, U, 64, epochs, th, lanes, opt, block))
     best: dict[tuple, dict] = {}
     for r in range(rounds):  # interleaved, so a burst of load on the shared machine hits all
         for k, (key, run) in enumerate(runs.items()):
             log(f"[train round {r + 1}/{rounds}, {k + 1}/{len(runs)}] {key[0]} "
-                f"threads={key[1]} block={key[2]} ...")
+                f"threads={key[1]} lanes={key[2]} {key[3]} block={key[4]} ...")
             res = run()
             rate = "samples_per_s" if key[0] == "bpr" else "triplets_per_s"
             if key not in best or res[rate] > best[key][rate]:
                 best[key] = res
 
-    bpr = best[("bpr", args.threads, 0)]["samples_per_s"]
+    bpr = best[("bpr", args.threads, 0, "", 0)]["samples_per_s"]
     lines = [
         f"Data: {desc}. Threads: {args.threads} (numba, torch, implicit); OPENBLAS_NUM_THREADS=1. "
         f"Load average at start {load0:.2f}, at end {os.getloadavg()[0]:.2f} "
@@ -299,38 +296,36 @@ def main(argv=None) -> dict:
         "",
         f"### (b) Training throughput, dim 64, best of {rounds} interleaved round(s)",
         "",
-        f"CML: `train_epoch` (margin 1.9, lr 0.1, rank weight, clip 1.0), "
-        f"{epochs} timed epoch(s) after one warm-up epoch, shuffle included; 'active' = share of "
-        f"pairs updated in the last epoch. BPR: implicit {iters} iterations, factors 64. Ratio: "
-        f"to BPR at the same thread count. Epoch and phase (a) in wall ns per pair; phase (a) = "
-        f"`hardest_negatives` over the same pairs at the trained state, the rest of an epoch is "
-        f"the sequential phase (b) (for hogwild, sampling and updates interleave: the rest is the "
-        f"updates). Modes: deterministic = `train_epoch` (bit-identical on any thread count); "
-        f"hogwild = `train_epoch_hogwild` (lock-free, reproducible on 1 thread only), element-wise "
-        f"Adagrad; + row-Adagrad = the same with one Adagrad accumulator per row "
-        f"(`optimizer=\"adagrad_row\"`).",
+        f"CML: `train_epoch` (TrainConfig's margin, lr, rank weight and clip), {epochs} timed "
+        f"epoch(s) after one warm-up epoch, shuffle included; 'active' = share of pairs updated "
+        f"in the last epoch. Block: pairs whose negatives are drawn against the same tables "
+        f"(`batch_size`, default 4096). Lanes: parallel streams over disjoint users whose item "
+        f"changes are merged after each block (default 1; the result depends on the lanes, never "
+        f"on the threads). Adagrad: element-wise (`adagrad`, the default) or one accumulator per "
+        f"row (`adagrad_row`). BPR: implicit {iters} iterations, factors 64, lock-free threads. "
+        f"Ratio: to BPR at the same thread count. Epoch and sampling in wall ns per pair; "
+        f"sampling = `hardest_negatives` over the same pairs at the trained state (parallel), "
+        f"the rest of an epoch is the updates and merges.",
         "",
-        "| model | threads | block | per second | ratio to BPR | active | epoch ns/pair "
-        "| phase (a) ns/pair |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | threads | lanes | block | Adagrad | per second | ratio to BPR | active "
+        "| epoch ns/pair | sampling ns/pair |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    by_mode: dict[str, dict[int, dict]] = {m: {} for m in MODES}
-    labels = {"deterministic": "", "hogwild": " hogwild", "hogwild+adagrad_row":
-              " hogwild + row-Adagrad"}
-    for (name, th, block), res in sorted(best.items(), key=lambda kv: (-kv[0][1], kv[0])):
+    headline: dict[tuple, dict] = {}
+    for (name, th, lanes, opt, block), res in sorted(best.items(),
+                                                     key=lambda kv: (-kv[0][1], kv[0])):
         if name == "bpr":
-            lines.append(f"| implicit BPR | {th} | | {res['samples_per_s'] / 1e6:.2f} M samples "
-                         f"| 1.00 | | {1e9 / res['samples_per_s']:.0f} | |")
+            lines.append(f"| implicit BPR | {th} | | | | {res['samples_per_s'] / 1e6:.2f} M "
+                         f"samples | 1.00 | | {1e9 / res['samples_per_s']:.0f} | |")
             continue
-        ratio = res["triplets_per_s"] / best[("bpr", th, 0)]["samples_per_s"]
-        U, _, mode = name[5:].partition("_")
-        mode = mode or "deterministic"
-        if th == args.threads and block in (args.block, 0):  # the headline: default block size
-            by_mode[mode][int(U)] = {"train_triplets_per_s": res["triplets_per_s"], "ratio": ratio}
-        lines.append(f"| CML U={U}{labels[mode]} | {th} | {block or ''} | "
-                     f"{res['triplets_per_s'] / 1e6:.2f} M "
-                     f"triplets | {ratio:.2f} | {res['active']:.2f} | {res['epoch_ns']:.0f} | "
-                     f"{res['sampling_ns']:.0f} |")
+        ratio = res["triplets_per_s"] / best[("bpr", th, 0, "", 0)]["samples_per_s"]
+        U = int(name[5:])
+        if th == args.threads:
+            headline[(U, lanes, opt, block)] = {"train_triplets_per_s": res["triplets_per_s"],
+                                                "ratio": ratio}
+        lines.append(f"| CML U={U} | {th} | {lanes} | {block} | {opt} | "
+                     f"{res['triplets_per_s'] / 1e6:.2f} M triplets | {ratio:.2f} | "
+                     f"{res['active']:.2f} | {res['epoch_ns']:.0f} | {res['sampling_ns']:.0f} |")
     lines.append(f"\nTotal bench time {time.perf_counter() - t0:.0f} s.")
     table = "\n".join(lines)
     print(table)
@@ -339,21 +334,20 @@ def main(argv=None) -> dict:
         cmd = " ".join(["python experiments/bench_sampling.py", *(argv or sys.argv[1:])])
         args.out.write_text(f"# CPU sampling and training benchmark\n\nCommand: `{cmd}`\n\n"
                             f"{table}\n")
-    # headline: the best mode at U=10 (by_U: the best mode at each U)
-    by_u = {u: max(({**by_mode[m][u], "mode": m} for m in MODES if u in by_mode[m]),
-                   key=lambda d: d["ratio"]) for u in (10, 20)}
-    det = by_mode["deterministic"][10]
+    # headline: U=10 with the defaults (one lane, element-wise Adagrad, block 4096); and the best
+    default = headline[(10, 1, TrainConfig().optimizer, 4096)]
+    fastest = max(((k, v) for k, v in headline.items() if k[0] == 10),
+                  key=lambda kv: kv[1]["ratio"])
     summary = {
-        "train_triplets_per_s": round(by_u[10]["train_triplets_per_s"]),
+        "train_triplets_per_s": round(default["train_triplets_per_s"]),
         "implicit_bpr_samples_per_s": round(bpr),
-        "ratio": round(by_u[10]["ratio"], 3),
-        "mode": by_u[10]["mode"],
-        "ratio_deterministic": round(det["ratio"], 3),
+        "ratio": round(default["ratio"], 3),
         "U": 10,
-        "by_U": {str(u): {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}
-                 for u, d in by_u.items()},
-        "by_mode": {m: {str(u): round(d["ratio"], 3) for u, d in v.items()}
-                    for m, v in by_mode.items()},
+        "fastest": {"lanes": fastest[0][1], "optimizer": fastest[0][2], "block": fastest[0][3],
+                    "train_triplets_per_s": round(fastest[1]["train_triplets_per_s"]),
+                    "ratio": round(fastest[1]["ratio"], 3)},
+        "ratios": {f"U={u} lanes={la} {o} block={b}": round(d["ratio"], 3)
+                   for (u, la, o, b), d in sorted(headline.items())},
         "threads": args.threads,
         "sampler": [{k: (round(v) if isinstance(v, float) and v > 100 else v) for k, v in x.items()}
                     for x in sampler],

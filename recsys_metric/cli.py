@@ -20,7 +20,7 @@ from .train import TrainConfig
 TRAIN_FLAGS = {
     "dim": int, "margin": float, "n_negatives": int, "epochs": int, "batch_size": int,
     "lr": float, "optimizer": str, "clip_norm": float, "init_norm": float, "cov_weight": float,
-    "seed": int, "device": str, "backend": str, "patience": int,
+    "seed": int, "device": str, "backend": str, "patience": int, "lanes": int,
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 
@@ -52,8 +52,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for name, typ in TRAIN_FLAGS.items():
         g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name)
     g.add_argument("--no-rank-weight", action="store_true", help="plain hinge, no WARP weight")
-    g.add_argument("--hogwild", action="store_true",
-                   help="CPU loop: lock-free parallel updates (not reproducible on >1 thread)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -73,8 +71,6 @@ def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
     values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     if args.no_rank_weight:
         values["rank_weight"] = False
-    if args.hogwild:
-        values["hogwild"] = True
     return TrainConfig.from_dict(values) if values else TrainConfig().validate()
 
 

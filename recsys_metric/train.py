@@ -4,10 +4,10 @@ Two loops with the same semantics (loss, sampler, clipping, Adagrad):
 
 - the torch loop, on any device: per batch the sampler picks negatives under ``no_grad`` (the fused
   Triton kernel on CUDA), autograd computes the batch loss, a sparse Adagrad step updates the rows;
-- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu_train.train_epoch`): negatives are
-  drawn in parallel per block of pairs, then the triplets are applied one by one, deterministically
-  whatever the thread count (or, with ``hogwild=True``, sampled and applied pair by pair by
-  threads without locks: faster, deterministic only on one thread). Used on CPU for Adagrad
+- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu_train.train_epoch`): per batch,
+  negatives are drawn in parallel against the batch-start tables, then the triplets are applied
+  one by one (or in ``lanes`` parallel streams over disjoint users, merged after each batch);
+  the same seed and lanes give the same model on any thread count. Used on CPU for Adagrad
   (element-wise or row-wise) without the covariance term.
 """
 
@@ -44,6 +44,7 @@ class TrainConfig:
     # catalogue within [10, 100], so the negative is about as hard on 500 items as on 10,000.
     n_negatives: int | None = None
     epochs: int = 25
+    # pairs whose negatives are drawn against the same tables (torch loop: one step each)
     batch_size: int = 4096
     lr: float = 0.1
     optimizer: str = "adagrad"
@@ -55,12 +56,14 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"  # sampler / loop: auto | torch | triton | cpu
     patience: int = 0  # > 0: early stopping on validation NDCG@10, then refit on all of train
-    # fused CPU loop only: lock-free parallel updates (sample and step pair by pair, threads race
-    # on shared rows as in implicit's BPR); faster, not reproducible on more than one thread
-    hogwild: bool = False
+    # fused CPU loop only: parallel SGD streams over disjoint users, item changes merged after
+    # each batch (see cpu_train). Faster with one lane per thread; cost quality on every
+    # validation split (experiments/results/cpu_training.md). Never depends on the thread count.
+    lanes: int = 1
 
     def validate(self) -> TrainConfig:
-        ints = {"dim": 1, "n_negatives": 1, "epochs": 1, "batch_size": 1, "patience": 0}
+        ints = {"dim": 1, "n_negatives": 1, "epochs": 1, "batch_size": 1, "patience": 0,
+                "lanes": 1}
         for name, low in ints.items():
             v = getattr(self, name)
             if v is None and name == "n_negatives":
@@ -72,8 +75,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.cov_weight < 0:
             raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight!r}")
-        if not isinstance(self.hogwild, bool | np.bool_):
-            raise ValueError(f"hogwild must be a bool, got {self.hogwild!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -92,6 +93,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k != "hogwild"}  # retired option of saved models
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -249,14 +251,14 @@ class Trainer:
         cols = 1 if cfg.optimizer == "adagrad_row" else cfg.dim  # [n, 1]: row-wise Adagrad
         user_acc = np.zeros((user_emb.shape[0], cols), np.float32)
         item_acc = np.zeros((item_emb.shape[0], cols), np.float32)
-        epoch_fn = cpu_train.train_epoch_hogwild if cfg.hogwild else cpu_train.train_epoch
 
         def run(epoch: int) -> tuple[float, int]:
             perm = self._permutation(train.nnz, epoch)
-            loss_sum, active = epoch_fn(
+            loss_sum, active = cpu_train.train_epoch(
                 indptr, indices, pair_users[perm], pair_items[perm], user_emb, item_emb,
                 user_acc, item_acc, n_candidates=self.n_negatives, margin=cfg.margin, lr=cfg.lr,
-                rank_weight=cfg.rank_weight, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch)
+                rank_weight=cfg.rank_weight, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch,
+                lanes=cfg.lanes, block_size=cfg.batch_size)
             return loss_sum / train.nnz, int(active)
 
         return run

@@ -16,9 +16,8 @@ specifics:
 - **No [B, U, dim] tensor.** Candidates are scored as they are drawn: memory is the outputs plus
   the bit-set (at most ``BITSET_BUDGET_BYTES``), whatever the batch size.
 
-:mod:`.cpu_train` runs a whole CML epoch on these kernels (``train_epoch``,
-``train_epoch_hogwild``); the numba building blocks (RNG hash, intrinsics) are in
-:mod:`._numba_ops`.
+:mod:`.cpu_train` runs a whole CML epoch on these kernels (``train_epoch``); the numba building
+blocks (RNG hash, intrinsics) are in :mod:`._numba_ops`.
 
 numba is imported behind a guard: without it this module still imports (``HAS_NUMBA`` is False)
 and the public functions raise ``ImportError``; the dispatcher should then use the reference.
