@@ -56,10 +56,10 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"  # sampler / loop: auto | torch | triton | cpu
     patience: int = 0  # > 0: early stopping on validation NDCG@10, then refit on all of train
-    # fused CPU loop only: parallel SGD streams over disjoint users, item changes merged after
-    # each batch (see cpu_train). Faster with one lane per thread; cost quality on every
-    # validation split (experiments/results/cpu_training.md). Never depends on the thread count.
-    lanes: int = 1
+    # fused CPU loop only: parallel streams over disjoint users, item changes merged after each
+    # batch (see cpu_train; 2 as good as 1 on validation, experiments/results/cpu_training.md).
+    # The model depends on lanes, never on the thread count.
+    lanes: int = 2
 
     def validate(self) -> TrainConfig:
         ints = {"dim": 1, "n_negatives": 1, "epochs": 1, "batch_size": 1, "patience": 0,

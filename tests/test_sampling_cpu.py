@@ -225,8 +225,8 @@ def slow_lanes_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch,
                      **kw):
     """train_epoch in numpy: per block, each lane scores its block's pairs against its tables
     as they are at the block start, then updates in order its users and its item copy; then
-    every changed item row gets the sum of the lanes' changes (clipped if several lanes changed
-    it) and all copies continue from it."""
+    every changed item row gets the mean of the lanes' changes (its accumulator the sum;
+    clipped if several lanes changed it) and all copies continue from it."""
     cands = slow_candidates(indptr, indices, pu, ie.shape[0], U, seed, epoch)
     order, ptr = cpu_train._lane_order(pu.astype(np.int32), np.int64(len(ue)), np.int64(lanes))
     lane_of = np.empty(len(pu), np.int64)  # lane of each pair
@@ -254,7 +254,7 @@ def slow_lanes_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch,
                     changed[lane].update((int(pi[i]), n))
         for r in set().union(*changed):
             by = [lane for lane in range(lanes) if r in changed[lane]]
-            ie[r] = ie[r] + sum(copies[lane][0][r] - ie[r] for lane in by)
+            ie[r] = ie[r] + sum(copies[lane][0][r] - ie[r] for lane in by) / np.float32(len(by))
             ia[r] = ia[r] + sum(copies[lane][1][r] - ia[r] for lane in by)
             norm = np.sqrt((ie[r] ** 2).sum())
             if len(by) > 1 and kw["clip"] > 0 and norm > kw["clip"]:
@@ -317,7 +317,7 @@ def test_blocks_of_one_pair_are_the_sequential_loop(threads, rowwise):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_lanes_sum_the_changes_of_a_shared_item():
+def test_lanes_average_the_changes_of_a_shared_item():
     # two users in two lanes, one pair each, items 0 and 1 liked by both, so item 2 is the only
     # candidate: lane 0 moves items 0 and 2, lane 1 items 1 and 2
     indptr, indices = (t.numpy() for t in csr([[0, 1], [0, 1]], 3))
@@ -333,9 +333,9 @@ def test_lanes_sum_the_changes_of_a_shared_item():
         t = [ue.copy(), ie.copy(), np.zeros((2, 1), np.float32), np.zeros((3, 1), np.float32)]
         cpu_train.train_epoch(indptr, indices, pu[u:u + 1], pi[u:u + 1], *t, lanes=1, **kw)
         alone.append(t)
-    np.testing.assert_allclose(tables[1][2], ie[2] + sum(t[1][2] - ie[2] for t in alone),
-                               rtol=1e-6)
-    np.testing.assert_allclose(tables[3][2], sum(t[3][2] for t in alone), rtol=1e-6)
+    np.testing.assert_allclose(tables[1][2], ie[2] + sum(t[1][2] - ie[2] for t in alone) / 2,
+                               rtol=1e-6)  # the mean of the two changes of the row
+    np.testing.assert_allclose(tables[3][2], sum(t[3][2] for t in alone), rtol=1e-6)  # the sum
     for u in (0, 1):  # no lane touches the other's user or positive
         np.testing.assert_array_equal(tables[0][u], alone[u][0][u])
         np.testing.assert_array_equal(tables[1][u], alone[u][1][u])
@@ -458,7 +458,7 @@ def test_lanes_config_flag():
     for bad in (0, 1.5, "2", None):
         with pytest.raises(ValueError, match="lanes"):
             TrainConfig(lanes=bad).validate()
-    assert TrainConfig().lanes == 1 and TrainConfig.from_dict({"lanes": 2}).lanes == 2
+    assert TrainConfig().lanes == 2 and TrainConfig.from_dict({"lanes": 3}).lanes == 3
     assert TrainConfig.from_dict({"hogwild": True}) == TrainConfig()  # saved by an earlier version
     args = build_parser().parse_args(["train", "r.csv", "--out", "m", "--lanes", "3"])
     assert _config(args).lanes == 3
