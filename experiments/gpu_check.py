@@ -113,7 +113,9 @@ def check_exact(csr, n_items, B, dims, U):
         cand = torch.randint(0, n_items, (B, U), generator=g, device=DEV)
         got = tk.hardest_negatives(indptr, indices, users, pos, ue, ie, U, 1.0, candidates=cand)
         want = ref.hardest_negatives(indptr, indices, users, pos, ue, ie, U, 1.0, candidates=cand)
-        d = lambda n: (ue[users].float() - ie[n].float()).pow(2).sum(1)  # noqa: E731
+        def d(n, ue=ue, ie=ie):
+            return (ue[users].float() - ie[n].float()).pow(2).sum(1)
+
         check(torch.allclose(d(got[0]), d(want[0]), rtol=1e-4, atol=1e-4), f"{dt}: hardest")
         check((got[1] - want[1]).abs().max() <= 2, f"{dt}: violators off by more than 2")
         print(f"       {dt}: neg identical for {(got[0] == want[0]).float().mean():.5%} of pairs")

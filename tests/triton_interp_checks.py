@@ -101,7 +101,9 @@ def check_exact_given_candidates():
                                    candidates=cand)
         want = ref.hardest_negatives(indptr, indices, users, pos, ue.to(dt), ie.to(dt), 12, 1.0,
                                      candidates=cand)
-        d = lambda n: (ue.to(dt).float()[users] - ie.to(dt).float()[n]).pow(2).sum(1)  # noqa: E731
+        def d(n, dt=dt):
+            return (ue.to(dt).float()[users] - ie.to(dt).float()[n]).pow(2).sum(1)
+
         assert torch.allclose(d(got[0]), d(want[0]), rtol=1e-5, atol=1e-5), f"{dt} hardest"
         assert (got[1] - want[1]).abs().max() <= 1, f"{dt} violators"
 

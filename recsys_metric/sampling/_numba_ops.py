@@ -92,7 +92,8 @@ def _prefetch(typingctx, arr, row, col):
     def codegen(context, builder, sig, args):
         aryty = sig.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
-        idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:])]
+        idx = [context.cast(builder, v, t, types.intp)
+               for v, t in zip(args[1:], sig.args[1:], strict=True)]
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn = cgutils.get_or_insert_function(
@@ -151,7 +152,8 @@ def _atomic_cas(typingctx, arr, i, old, new):
     """``arr[i] = new`` if it equals ``old``, atomically; True if this call did it."""
 
     def codegen(context, builder, sig, args):
-        o, n = (context.cast(builder, a, t, types.int64) for a, t in zip(args[2:], sig.args[2:]))
+        o, n = (context.cast(builder, a, t, types.int64)
+                for a, t in zip(args[2:], sig.args[2:], strict=True))
         res = builder.cmpxchg(_elem_ptr(context, builder, sig, args), o, n, "seq_cst", "seq_cst")
         return builder.extract_value(res, 1)
 

@@ -2,11 +2,11 @@
 
 Positives come as a CSR user x item pattern (``indptr``, ``indices`` with sorted column indices per
 row). Negatives are drawn *rejection-free*: for user ``u`` with ``deg`` positives
-``p_0 < p_1 < ...`` draw ``j`` uniformly in ``[0, n_items - deg)`` and return the ``j``-th non-positive item,
-``j + #{k : p_k - k <= j}``. The keys ``p_k - k`` are non-decreasing within a row, so one
-``searchsorted`` over the global keys ``row * n_items + (p_k - k)`` maps every draw at once. This is
-exactly uniform over non-positives, never returns a positive, and needs no redraw loop even for a
-user who has every item but one.
+``p_0 < p_1 < ...`` draw ``j`` uniformly in ``[0, n_items - deg)`` and return the ``j``-th
+non-positive item, ``j + #{k : p_k - k <= j}``. The keys ``p_k - k`` are non-decreasing within a
+row, so one ``searchsorted`` over the global keys ``row * n_items + (p_k - k)`` maps every draw at
+once. This is exactly uniform over non-positives, never returns a positive, and needs no redraw
+loop even for a user who has every item but one.
 
 Semantics shared by every backend (reference, Triton, CPU):
 
