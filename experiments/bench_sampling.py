@@ -339,7 +339,6 @@ def main(argv=None) -> dict:
         args.out.write_text(f"# CPU sampling and training benchmark\n\nCommand: `{cmd}`\n\n"
                             f"{table}\n")
     # headline: U=10 with the defaults; and the fastest setting measured
-    d = TrainConfig()
     default = headline[(10, d.lanes, d.optimizer, d.batch_size)]
     fastest = max(((k, v) for k, v in headline.items() if k[0] == 10),
                   key=lambda kv: kv[1]["ratio"])
