@@ -4,9 +4,10 @@
     U in {1, 10, 50} x dim in {32, 64, 128}, each config in a fresh subprocess; peak = peak RSS
     of the timed calls over the RSS before them.
 (b) end-to-end training: ``cpu_train.train_epoch`` triplets/s (sampling included, U = 10 and 20,
-    dim 64) against ``implicit`` BPR samples/s (nnz * iterations / fit seconds) on the same matrix,
-    run interleaved in one process so both see the same machine load; best of the rounds is kept.
-    Element-wise and row-wise Adagrad; lanes = threads (the default) and, for scale, one lane.
+    dim 64, and dim 32 for U = 10) against ``implicit`` BPR samples/s (nnz * iterations / fit
+    seconds, factors = dim) on the same matrix, run interleaved in one process so both see the
+    same machine load; best of the rounds is kept. Element-wise and row-wise Adagrad; the
+    default lanes, one lane, and lanes = threads with blocks of 4096 and 16384.
 
 Data: ML-1M (``../shared/datasets/ml-1m/ratings.dat``) when present, else a generated matrix of the
 same shape (6040 x 3706, ~1M nnz, Zipf-like item popularity, log-normal user degrees, seed 0).
@@ -185,9 +186,9 @@ def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, lanes, optimize
     times, active = [], 0
     for epoch in range(epochs + 1):  # epoch 0: JIT (or cache load) and the large first updates
         t = time.perf_counter()
-        order = rng.permutation(len(pu))  # the caller's shuffle is part of an epoch's cost
-        _, a = cpu_train.train_epoch(indptr, indices, pu[order], pi[order], ue, ie, ua, ia,
-                                     epoch=epoch, **hp)
+        # the kernel's shuffle, as the Trainer uses it, is part of an epoch's cost
+        _, a = cpu_train.train_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, epoch=epoch,
+                                     shuffle=True, **hp)
         times.append(time.perf_counter() - t)
         active = a
     dt = sum(times[1:])
@@ -203,14 +204,14 @@ def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, lanes, optimize
             "sampling_ns": 1e9 * sample_dt / len(pu), "epoch_ns": 1e9 * dt / epochs / len(pu)}
 
 
-def bench_bpr(indptr, indices, n_items, iterations, threads, seed=0) -> dict:
+def bench_bpr(indptr, indices, n_items, iterations, threads, factors=64, seed=0) -> dict:
     import scipy.sparse as sp
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
     m = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
                       shape=(len(indptr) - 1, n_items))
-    model = BayesianPersonalizedRanking(factors=64, iterations=iterations, num_threads=threads,
-                                        random_state=seed)
+    model = BayesianPersonalizedRanking(factors=factors, iterations=iterations,
+                                        num_threads=threads, random_state=seed)
     t = time.perf_counter()
     model.fit(m, show_progress=False)
     return {"samples_per_s": m.nnz * iterations / (time.perf_counter() - t)}
@@ -244,32 +245,37 @@ def main(argv=None) -> dict:
         np.savez(path, indptr=indptr, indices=indices, n_items=n_items)
         sampler = bench_sampler(path, configs, B, args.threads)
 
-    # (model, threads, lanes, optimizer, block): the defaults (2 lanes, batch 4096), one lane,
-    # and lanes = threads with a larger block
+    # (model, threads, lanes, optimizer, block, dim): dim 64 (BPR with 64 factors): the
+    # defaults (2 lanes, batch 4096), one lane, and lanes = threads with a larger block; dim 32
+    # (CML's default dim, BPR with 32 factors) at the default lanes and block
     d = TrainConfig()
     runs = {}
     for th in [args.threads] + ([] if quick or args.threads == 1 else [1]):
-        runs[("bpr", th, 0, "", 0)] = lambda th=th: bench_bpr(indptr, indices, n_items, iters, th)
+        for dim in (64,) if quick or th != args.threads else (64, 32):
+            runs[("bpr", th, 0, "", 0, dim)] = lambda th=th, dim=dim: bench_bpr(
+                indptr, indices, n_items, iters, th, factors=dim)
         for U in (10,) if quick else (10, 20):
-            combos = {(1, d.batch_size), (d.lanes, d.batch_size)}
+            combos = {(1, d.batch_size, 64), (d.lanes, d.batch_size, 64)}
             if th > 1:
-                combos |= {(th, d.batch_size), (th, 4 * d.batch_size)}
-            for lanes, block in sorted(combos):
+                combos |= {(th, d.batch_size, 64), (th, 4 * d.batch_size, 64)}
+            if th == args.threads and U == 10 and not quick:
+                combos |= {(d.lanes, d.batch_size, 32)}
+            for lanes, block, dim in sorted(combos):
                 for opt in OPTIMIZERS:
-                    runs[(f"cml_u{U}", th, lanes, opt, block)] = (
-                        lambda th=th, U=U, lanes=lanes, opt=opt, block=block: bench_cml(
-                            indptr, indices, n_items, U, 64, epochs, th, lanes, opt, block))
+                    runs[(f"cml_u{U}", th, lanes, opt, block, dim)] = (
+                        lambda th=th, U=U, lanes=lanes, opt=opt, block=block, dim=dim: bench_cml(
+                            indptr, indices, n_items, U, dim, epochs, th, lanes, opt, block))
     best: dict[tuple, dict] = {}
     for r in range(rounds):  # interleaved, so a burst of load on the shared machine hits all
         for k, (key, run) in enumerate(runs.items()):
             log(f"[train round {r + 1}/{rounds}, {k + 1}/{len(runs)}] {key[0]} "
-                f"threads={key[1]} lanes={key[2]} {key[3]} block={key[4]} ...")
+                f"threads={key[1]} lanes={key[2]} {key[3]} block={key[4]} dim={key[5]} ...")
             res = run()
             rate = "samples_per_s" if key[0] == "bpr" else "triplets_per_s"
             if key not in best or res[rate] > best[key][rate]:
                 best[key] = res
 
-    bpr = best[("bpr", args.threads, 0, "", 0)]["samples_per_s"]
+    bpr = best[("bpr", args.threads, 0, "", 0, 64)]["samples_per_s"]
     lines = [
         f"Data: {desc}. Threads: {args.threads} (numba, torch, implicit); OPENBLAS_NUM_THREADS=1. "
         f"Load average at start {load0:.2f}, at end {os.getloadavg()[0]:.2f} "
@@ -298,36 +304,38 @@ def main(argv=None) -> dict:
                      f"{c['peak_mb']:.1f} | {r['peak_mb']:.0f} |")
     lines += [
         "",
-        f"### (b) Training throughput, dim 64, best of {rounds} interleaved round(s)",
+        f"### (b) Training throughput, best of {rounds} interleaved round(s)",
         "",
         f"CML: `train_epoch` (TrainConfig's margin, lr, rank weight and clip), {epochs} timed "
-        f"epoch(s) after one warm-up epoch, shuffle included; 'active' = share of pairs updated "
-        f"in the last epoch. Block: pairs whose negatives are drawn against the same tables "
-        f"(`batch_size`, default 4096). Lanes: parallel streams over disjoint users whose item "
-        f"changes are merged after each block (default 2; the result depends on the lanes, never "
-        f"on the threads). Adagrad: element-wise (`adagrad`, the default) or one accumulator per "
-        f"row (`adagrad_row`). BPR: implicit {iters} iterations, factors 64, lock-free threads. "
-        f"Ratio: to BPR at the same thread count. Epoch and sampling in wall ns per pair; "
-        f"sampling = `hardest_negatives` over the same pairs at the trained state (parallel), "
-        f"the rest of an epoch is the updates and merges.",
+        f"epoch(s) after one warm-up epoch, the kernel's shuffle included (as the Trainer runs "
+        f"it); 'active' = share of pairs updated in the last epoch. Block: pairs whose negatives "
+        f"are drawn against the same tables (`batch_size`, default 4096). Lanes: parallel "
+        f"streams over disjoint users and, at each step, disjoint item strata (default 2; the "
+        f"result depends on the lanes, never on the threads). Adagrad: element-wise (`adagrad`, "
+        f"the default) or one accumulator per row (`adagrad_row`). BPR: implicit {iters} "
+        f"iterations, factors = dim, lock-free threads. Ratio: to BPR at the same thread count "
+        f"and dim. Epoch and sampling in wall ns per pair; sampling = `hardest_negatives` over "
+        f"the same pairs at the trained state (parallel, candidates from the whole catalogue), "
+        f"the rest of an epoch is mostly the updates.",
         "",
-        "| model | threads | lanes | block | Adagrad | per second | ratio to BPR | active "
+        "| model | dim | threads | lanes | block | Adagrad | per second | ratio to BPR | active "
         "| epoch ns/pair | sampling ns/pair |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     headline: dict[tuple, dict] = {}
-    for (name, th, lanes, opt, block), res in sorted(best.items(),
-                                                     key=lambda kv: (-kv[0][1], kv[0])):
+    for (name, th, lanes, opt, block, dim), res in sorted(
+            best.items(), key=lambda kv: (-kv[0][5], -kv[0][1], kv[0])):
         if name == "bpr":
-            lines.append(f"| implicit BPR | {th} | | | | {res['samples_per_s'] / 1e6:.2f} M "
-                         f"samples | 1.00 | | {1e9 / res['samples_per_s']:.0f} | |")
+            lines.append(f"| implicit BPR | {dim} | {th} | | | | "
+                         f"{res['samples_per_s'] / 1e6:.2f} M samples | 1.00 | | "
+                         f"{1e9 / res['samples_per_s']:.0f} | |")
             continue
-        ratio = res["triplets_per_s"] / best[("bpr", th, 0, "", 0)]["samples_per_s"]
+        ratio = res["triplets_per_s"] / best[("bpr", th, 0, "", 0, dim)]["samples_per_s"]
         U = int(name[5:])
         if th == args.threads:
-            headline[(U, lanes, opt, block)] = {"train_triplets_per_s": res["triplets_per_s"],
-                                                "ratio": ratio}
-        lines.append(f"| CML U={U} | {th} | {lanes} | {block} | {opt} | "
+            headline[(U, lanes, opt, block, dim)] = {
+                "train_triplets_per_s": res["triplets_per_s"], "ratio": ratio}
+        lines.append(f"| CML U={U} | {dim} | {th} | {lanes} | {block} | {opt} | "
                      f"{res['triplets_per_s'] / 1e6:.2f} M triplets | {ratio:.2f} | "
                      f"{res['active']:.2f} | {res['epoch_ns']:.0f} | {res['sampling_ns']:.0f} |")
     lines.append(f"\nTotal bench time {time.perf_counter() - t0:.0f} s.")
@@ -338,20 +346,21 @@ def main(argv=None) -> dict:
         cmd = " ".join(["python experiments/bench_sampling.py", *(argv or sys.argv[1:])])
         args.out.write_text(f"# CPU sampling and training benchmark\n\nCommand: `{cmd}`\n\n"
                             f"{table}\n")
-    # headline: U=10 with the defaults; and the fastest setting measured
-    default = headline[(10, d.lanes, d.optimizer, d.batch_size)]
-    fastest = max(((k, v) for k, v in headline.items() if k[0] == 10),
+    # headline: U=10, dim 64, with the defaults; and the fastest setting measured at dim 64
+    default = headline[(10, d.lanes, d.optimizer, d.batch_size, 64)]
+    fastest = max(((k, v) for k, v in headline.items() if k[0] == 10 and k[4] == 64),
                   key=lambda kv: kv[1]["ratio"])
     summary = {
         "train_triplets_per_s": round(default["train_triplets_per_s"]),
         "implicit_bpr_samples_per_s": round(bpr),
         "ratio": round(default["ratio"], 3),
         "U": 10,
+        "dim": 64,
         "fastest": {"lanes": fastest[0][1], "optimizer": fastest[0][2], "block": fastest[0][3],
                     "train_triplets_per_s": round(fastest[1]["train_triplets_per_s"]),
                     "ratio": round(fastest[1]["ratio"], 3)},
-        "ratios": {f"U={u} lanes={la} {o} block={b}": round(d["ratio"], 3)
-                   for (u, la, o, b), d in sorted(headline.items())},
+        "ratios": {f"U={u} dim={dm} lanes={la} {o} block={b}": round(d["ratio"], 3)
+                   for (u, la, o, b, dm), d in sorted(headline.items())},
         "threads": args.threads,
         "sampler": [{k: (round(v) if isinstance(v, float) and v > 100 else v) for k, v in x.items()}
                     for x in sampler],

@@ -5,10 +5,11 @@ Two loops with the same semantics (loss, sampler, clipping, Adagrad):
 - the torch loop, on any device: per batch the sampler picks negatives under ``no_grad`` (the fused
   Triton kernel on CUDA), autograd computes the batch loss, a sparse Adagrad step updates the rows;
 - the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu_train.train_epoch`): per batch,
-  negatives are drawn in parallel against the batch-start tables, then the triplets are applied
-  one by one (or in ``lanes`` parallel streams over disjoint users, merged after each batch);
-  the same seed and lanes give the same model on any thread count. Used on CPU for Adagrad
-  (element-wise or row-wise) without the covariance term.
+  negatives are drawn against the batch-start tables, then the triplets are applied one by one,
+  in ``lanes`` parallel streams over disjoint users and, at each batch, disjoint random item
+  strata (the negatives from the positive's stratum); the same seed and lanes give the same
+  model on any thread count. Used on CPU for Adagrad (element-wise or row-wise) without the
+  covariance term.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"  # sampler / loop: auto | torch | triton | cpu
     patience: int = 0  # > 0: early stopping on validation NDCG@10, then refit on all of train
-    # fused CPU loop only: parallel streams over disjoint users, item changes merged after each
-    # batch (see cpu_train; 2 as good as 1 on validation, experiments/results/cpu_training.md).
-    # The model depends on lanes, never on the thread count.
+    # fused CPU loop only: parallel streams over disjoint users and item strata (see cpu_train;
+    # 2 as good as 1 on validation, experiments/results/cpu_training.md). The model depends on
+    # lanes, never on the thread count; one lane per core is fastest.
     lanes: int = 2
 
     def validate(self) -> TrainConfig:
@@ -252,13 +253,12 @@ class Trainer:
         user_acc = np.zeros((user_emb.shape[0], cols), np.float32)
         item_acc = np.zeros((item_emb.shape[0], cols), np.float32)
 
-        def run(epoch: int) -> tuple[float, int]:
-            perm = self._permutation(train.nnz, epoch)
+        def run(epoch: int) -> tuple[float, int]:  # the kernel shuffles the pairs itself
             loss_sum, active = cpu_train.train_epoch(
-                indptr, indices, pair_users[perm], pair_items[perm], user_emb, item_emb,
-                user_acc, item_acc, n_candidates=self.n_negatives, margin=cfg.margin, lr=cfg.lr,
+                indptr, indices, pair_users, pair_items, user_emb, item_emb, user_acc, item_acc,
+                n_candidates=self.n_negatives, margin=cfg.margin, lr=cfg.lr,
                 rank_weight=cfg.rank_weight, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch,
-                lanes=cfg.lanes, block_size=cfg.batch_size)
+                lanes=cfg.lanes, block_size=cfg.batch_size, shuffle=True)
             return loss_sum / train.nnz, int(active)
 
         return run

@@ -221,46 +221,55 @@ def slow_sequential_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, e
     return loss, active
 
 
-def slow_lanes_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch, lanes, block,
-                     **kw):
-    """train_epoch in numpy: per block, each lane scores its block's pairs against its tables
-    as they are at the block start, then updates in order its users and its item copy; then
-    every changed item row gets the mean of the lanes' changes (its accumulator the sum;
-    clipped if several lanes changed it) and all copies continue from it."""
-    cands = slow_candidates(indptr, indices, pu, ie.shape[0], U, seed, epoch)
-    order, ptr = cpu_train._lane_order(pu.astype(np.int32), np.int64(len(ue)), np.int64(lanes))
+def slow_strata_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch, lanes, block,
+                      shuffle=False, **kw):
+    """train_epoch in numpy: users in ``lanes`` contiguous ranges, items in ``lanes`` strata;
+    lane l's pairs whose positive is in stratum s form bucket (l, s), in the caller's order (or
+    shuffled: the kernel's own order, checked to be a permutation of the bucket); at step t,
+    lane l takes block t // lanes of its bucket with s = (l + t) % lanes, scores it against
+    the tables at the block start (candidates from stratum s), then updates the pairs one by
+    one. One lane: the whole catalogue, every pair, block after block. (The lanes of a step
+    touch disjoint rows, so running them one after another is exact.)"""
+    L = lanes
+    key = cpu_train._stream_key(seed, epoch)
+    if L == 1:
+        cands = slow_candidates(indptr, indices, pu, ie.shape[0], U, seed, epoch)
+        stratum_of = np.zeros(ie.shape[0], np.int64)
+    else:
+        cands = torch.from_numpy(cpu_train.stratum_candidates(
+            indptr, indices, pu, pi, ie.shape[0], U, seed=seed, epoch=epoch, lanes=L))
+        items, ptr, stratum_of = cpu_train._strata(np.int64(ie.shape[0]), np.int64(L), key, pi)
+    users, _, pos, bptr = cpu_train._bucket_order(pu, pi, np.int64(len(ue)), stratum_of,
+                                                  np.int64(L), key, shuffle)
     lane_of = np.empty(len(pu), np.int64)  # lane of each pair
-    lane_of[order] = np.repeat(np.arange(lanes), np.diff(ptr))
-    assert (np.diff(lane_of[np.argsort(pu, kind="stable")]) >= 0).all()  # contiguous user ranges
-    assert np.diff(ptr).max() - np.diff(ptr).min() <= 2 * np.bincount(pu).max()  # balanced
-    assert all((np.diff(order[ptr[i]:ptr[i + 1]]) > 0).all() for i in range(lanes))  # in order
-    copies = [(ie.copy(), ia.copy()) for _ in range(lanes)]
+    lane_of[pos] = np.repeat(np.arange(L * L) // L, np.diff(bptr))
+    assert (np.diff(lane_of[np.argsort(pu, kind="stable")]) >= 0).all()  # user ranges
+    per_lane = np.bincount(lane_of, minlength=L)
+    assert per_lane.max() - per_lane.min() <= 2 * np.bincount(pu).max()  # balanced
+    bucket = {}
+    for lane in range(L):
+        for s in range(L):
+            g = np.flatnonzero((lane_of == lane) & (stratum_of[pi] == s))  # caller's order
+            got = pos[bptr[lane * L + s]:bptr[lane * L + s + 1]]
+            if shuffle:
+                np.testing.assert_array_equal(np.sort(got), g)
+                g = got
+            np.testing.assert_array_equal(got, g)
+            bucket[lane, s] = g
+    n_steps = L * max(-(-len(g) // block) for g in bucket.values())
+    blocks = [bucket[lane, (lane + t) % L][t // L * block:(t // L + 1) * block]
+              for t in range(n_steps) for lane in range(L)]
     loss, active = 0.0, 0
-    n_blocks = max(-(-(ptr[lane + 1] - ptr[lane]) // block) for lane in range(lanes))
-    for j in range(n_blocks):
-        changed = [set() for _ in range(lanes)]
-        for lane, (lie, lia) in enumerate(copies):
-            idx = order[ptr[lane] + j * block:min(ptr[lane] + (j + 1) * block, ptr[lane + 1])]
-            neg, viol = ref.score_candidates(
-                torch.from_numpy(ue.copy()), torch.from_numpy(lie.copy()),
-                torch.from_numpy(pu[idx].astype(np.int64)),
-                torch.from_numpy(pi[idx].astype(np.int64)), cands[idx], kw["margin"])
-            for k, i in enumerate(idx):
-                n = int(neg[k])
-                out = slow_update(ue, lie, ua, lia, int(pu[i]), int(pi[i]), n, int(viol[k]),
-                                  U=U, **kw)
-                if out is not None:
-                    loss, active = loss + out, active + 1
-                    changed[lane].update((int(pi[i]), n))
-        for r in set().union(*changed):
-            by = [lane for lane in range(lanes) if r in changed[lane]]
-            ie[r] = ie[r] + sum(copies[lane][0][r] - ie[r] for lane in by) / np.float32(len(by))
-            ia[r] = ia[r] + sum(copies[lane][1][r] - ia[r] for lane in by)
-            norm = np.sqrt((ie[r] ** 2).sum())
-            if len(by) > 1 and kw["clip"] > 0 and norm > kw["clip"]:
-                ie[r] *= np.float32(kw["clip"]) / norm
-            for lie, lia in copies:
-                lie[r], lia[r] = ie[r], ia[r]
+    for idx in blocks:
+        neg, viol = ref.score_candidates(
+            torch.from_numpy(ue.copy()), torch.from_numpy(ie.copy()),
+            torch.from_numpy(pu[idx].astype(np.int64)),
+            torch.from_numpy(pi[idx].astype(np.int64)), cands[idx], kw["margin"])
+        for k, i in enumerate(idx):
+            out = slow_update(ue, ie, ua, ia, int(pu[i]), int(pi[i]), int(neg[k]), int(viol[k]),
+                              U=U, **kw)
+            if out is not None:
+                loss, active = loss + out, active + 1
     return loss, active
 
 
@@ -282,9 +291,10 @@ def toy_problem(seed=0, n_users=25, n_items=20, dim=6):
     return indptr, indices, pu[order], pi[order], ue, ie
 
 
-@pytest.mark.parametrize("lanes,rank_weight,clip,rowwise", [
-    (1, True, 1.0, False), (2, True, 1.0, False), (2, False, 0.0, False), (3, True, 1.0, True)])
-def test_train_epoch_matches_slow_lanes(threads, lanes, rank_weight, clip, rowwise):
+@pytest.mark.parametrize("lanes,rank_weight,clip,rowwise,shuffle", [
+    (1, True, 1.0, False, False), (1, True, 1.0, False, True), (2, True, 1.0, False, False),
+    (2, False, 0.0, False, True), (3, True, 1.0, True, True)])
+def test_train_epoch_matches_slow_strata(threads, lanes, rank_weight, clip, rowwise, shuffle):
     indptr, indices, pu, pi, ue, ie = toy_problem(seed=1, n_users=60, n_items=40, dim=6)
     kw = dict(margin=0.8, lr=0.05, rank_weight=rank_weight, seed=11)
     fast = [ue.copy(), ie.copy(), *accumulators(ue, ie, rowwise)]
@@ -292,7 +302,7 @@ def test_train_epoch_matches_slow_lanes(threads, lanes, rank_weight, clip, rowwi
     for epoch in range(2):
         got = cpu_train.train_epoch(indptr, indices, pu, pi, *fast, n_candidates=5, clip_norm=clip,
                                     epoch=epoch, lanes=lanes, block_size=50, **kw)
-        want = slow_lanes_epoch(indptr, indices, pu, pi, *slow, U=5, clip=clip, epoch=epoch,
+        want = slow_strata_epoch(indptr, indices, pu, pi, *slow, U=5, clip=clip, epoch=epoch,
                                 lanes=lanes, block=50, **kw)
         assert got[1] == want[1] > 0
         assert got[0] == pytest.approx(want[0], rel=1e-4)
@@ -317,31 +327,67 @@ def test_blocks_of_one_pair_are_the_sequential_loop(threads, rowwise):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_lanes_average_the_changes_of_a_shared_item():
-    # two users in two lanes, one pair each, items 0 and 1 liked by both, so item 2 is the only
-    # candidate: lane 0 moves items 0 and 2, lane 1 items 1 and 2
-    indptr, indices = (t.numpy() for t in csr([[0, 1], [0, 1]], 3))
-    pu, pi = np.array([0, 1], np.int32), np.array([0, 1], np.int32)
-    ue = np.array([[0.1, 0.0], [0.0, 0.1]], np.float32)
-    ie = np.array([[0.5, 0.0], [0.0, 0.5], [0.05, 0.05]], np.float32)
-    tables = [ue.copy(), ie.copy(), np.zeros((2, 1), np.float32), np.zeros((3, 1), np.float32)]
-    kw = dict(n_candidates=1, margin=1.0, lr=0.1, rank_weight=False, clip_norm=0.0, seed=0,
-              epoch=0)
-    cpu_train.train_epoch(indptr, indices, pu, pi, *tables, lanes=2, **kw)
-    alone = []
-    for u in (0, 1):  # each pair alone, from the same start, on one lane
-        t = [ue.copy(), ie.copy(), np.zeros((2, 1), np.float32), np.zeros((3, 1), np.float32)]
-        cpu_train.train_epoch(indptr, indices, pu[u:u + 1], pi[u:u + 1], *t, lanes=1, **kw)
-        alone.append(t)
-    np.testing.assert_allclose(tables[1][2], ie[2] + sum(t[1][2] - ie[2] for t in alone) / 2,
-                               rtol=1e-6)  # the mean of the two changes of the row
-    np.testing.assert_allclose(tables[3][2], sum(t[3][2] for t in alone), rtol=1e-6)  # the sum
-    for u in (0, 1):  # no lane touches the other's user or positive
-        np.testing.assert_array_equal(tables[0][u], alone[u][0][u])
-        np.testing.assert_array_equal(tables[1][u], alone[u][1][u])
+@pytest.mark.parametrize("deg", [0, 12, 27])  # rejection only ... mostly the rank map
+def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg):
+    n_items, lanes = 60, 2
+    rng = np.random.default_rng(deg)
+    pos = rng.choice(n_items, deg, replace=False)
+    indptr, indices = (t.numpy() for t in csr([pos, [], list(range(n_items))], n_items))
+    pu = np.zeros(4000, np.int32)
+    pi = rng.integers(0, n_items, 4000).astype(np.int32)
+    key = cpu_train._stream_key(3, 1)
+    items, ptr, stratum_of = cpu_train._strata(np.int64(n_items), np.int64(lanes), key, pi)
+    got = cpu_train.stratum_candidates(indptr, indices, pu, pi, n_items, 20, seed=3, epoch=1,
+                                       lanes=lanes)
+    assert got.shape == (4000, 20) and (got >= 0).all()
+    assert (stratum_of[got] == stratum_of[pi][:, None]).all()  # the positive's stratum
+    for s in range(lanes):
+        counts = np.bincount(got[stratum_of[pi] == s].ravel(), minlength=n_items)
+        free = np.setdiff1d(items[ptr[s]:ptr[s + 1]], pos)
+        assert counts.sum() == counts[free].sum()  # never a positive, never another stratum
+        assert chisquare(counts[free]).pvalue > 1e-3
+    # a user with nothing: anything of the stratum; a user with everything: no negative
+    other = cpu_train.stratum_candidates(indptr, indices, np.array([1, 2], np.int32),
+                                         np.array([0, 0], np.int32), n_items, 50, seed=0,
+                                         epoch=0, lanes=lanes)
+    assert (other[0] >= 0).all() and (other[1] == -1).all()
 
 
-@pytest.mark.parametrize("lanes", [2, 3])
+def test_strata_partition_the_items_evenly_and_change_every_epoch():
+    rng = np.random.default_rng(0)
+    n_items = 500
+    pi = (rng.pareto(1.0, 20000) * 5).astype(np.int32) % n_items  # skewed popularity
+    pairs = np.bincount(pi, minlength=n_items)
+    splits = []
+    for epoch in range(3):
+        items, ptr, stratum_of = cpu_train._strata(
+            np.int64(n_items), np.int64(3), cpu_train._stream_key(0, epoch), pi)
+        assert sorted(items.tolist()) == list(range(n_items))
+        for s in range(3):
+            assert (stratum_of[items[ptr[s]:ptr[s + 1]]] == s).all()
+            assert (np.diff(items[ptr[s]:ptr[s + 1]]) > 0).all()
+        load = np.bincount(stratum_of, weights=pairs, minlength=3)
+        assert load.max() - load.min() <= pairs.max()  # even work per lane and round
+        splits.append(stratum_of)
+    assert (splits[0] != splits[1]).mean() > 0.4 and (splits[1] != splits[2]).mean() > 0.4
+
+
+def test_shuffle_is_a_uniform_permutation_within_each_bucket():
+    n = 300  # one lane and stratum: 4 bins of ~75 pairs, each shuffled
+    pu, pi = np.zeros(n, np.int32), np.arange(n, dtype=np.int32)
+    where = np.zeros((3, n), np.int64)  # positions of pairs 0, 150, 299 over many epochs
+    for epoch in range(3000):
+        _, _, pos, ptr = cpu_train._bucket_order(pu, pi, np.int64(1), np.zeros(n, np.int64),
+                                                 np.int64(1), cpu_train._stream_key(0, epoch),
+                                                 True)
+        assert ptr.tolist() == [0, n] and sorted(pos.tolist()) == list(range(n))
+        for r, g in enumerate((0, 150, 299)):
+            where[r, np.flatnonzero(pos == g)[0]] += 1
+    for r in range(3):
+        assert chisquare(where[r].reshape(30, 10).sum(1)).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("lanes", [2, 3])  # 3: more lanes than threads
 def test_train_epoch_bit_identical_on_1_and_2_threads(threads, lanes):
     if threads < 2:
         pytest.skip("numba has a single thread here")
@@ -359,11 +405,12 @@ def test_train_epoch_bit_identical_on_1_and_2_threads(threads, lanes):
         assert np.array_equal(a, b)
 
 
-def test_more_tasks_than_threads_neither_hang_nor_change_the_result():
-    # numba runs the kernel's prange(n_tasks) over its pool: with more tasks than threads some
-    # tasks start only when others are done, after the blocks they would have shared. In a
-    # subprocess with a timeout, so that a deadlock fails the test instead of hanging the run.
-    code = """
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_more_tasks_than_threads_neither_hang_nor_change_the_result(lanes):
+    # the kernel's tasks wait for one another's claimed work: with more tasks than threads, some
+    # start only when others are done. In a subprocess with a timeout, so that a deadlock fails
+    # the test instead of hanging the run.
+    code = f"""
 import numba, numpy as np
 from recsys_metric.sampling import cpu_train
 from tests.test_sampling_cpu import toy_problem
@@ -375,7 +422,7 @@ for tasks in (None, 5):
     arrays = [ue.copy(), ie.copy(), np.zeros_like(ue), np.zeros_like(ie)]
     res = [cpu_train.train_epoch(indptr, indices, pu, pi, *arrays, n_candidates=10, margin=0.5,
                                  lr=0.1, rank_weight=True, clip_norm=1.0, seed=1, epoch=e,
-                                 lanes=3, block_size=64) for e in range(2)]
+                                 lanes={lanes}, block_size=64, shuffle=True) for e in range(2)]
     out.append((res, arrays))
 assert out[0][0] == out[1][0]
 assert all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1], strict=True))

@@ -2,22 +2,29 @@
 
 :func:`train_epoch` runs one CML epoch (hardest-of-U negative, WARP rank weight, Adagrad, clipping)
 in blocks of ``block_size`` pairs: (a) every pair's hardest negative against the tables as they
-are at the block start, scored in parallel, then (b) the updates in pair order, each hinge
-recomputed on the current rows. Negatives from the block start, rather than drawn just before
-each update, gave better models on every validation split (block 4096 vs 1: ml-latest-small
-NDCG@10 +11%, ml-100k +4%; ``experiments/results/cpu_training.md``).
+are at the block start, then (b) the updates in pair order, each hinge recomputed on the current
+rows. Negatives from the block start, rather than drawn just before each update, gave better
+models on every validation split (block 4096 vs 1: ml-latest-small NDCG@10 +11%, ml-100k +4%;
+``experiments/results/cpu_training.md``).
 
-Phase (b) is sequential within a lane. Users are split into ``lanes`` contiguous ranges with
-about equal numbers of pairs; a lane takes its users' pairs in the caller's order, blocks of
-``block_size`` each, writing the user table directly (no other lane has those rows) and its own
-copy of the item table; after each block, an item row changed by one lane takes that lane's
-row, one changed by several takes the mean of their changes (their Adagrad accumulators the
-sum), clipped again, and all copies continue from there. Two lanes on 2 threads: 1.1-1.2x one
-lane, and as good on validation over 7 seeds; summing the changes instead cost 2-10% NDCG@10
-(``cpu_training.md``). Lock-free threads on one shared table (Hogwild, as implicit's BPR; an
-earlier option here) spent most of their time moving the popular items' cache lines between the
-cores: 3x the cost per update on 2 threads. The result depends on ``lanes``, never on the number
-of threads: it is bit-identical on any.
+Lanes run blocks in parallel on disjoint rows, as in stratified SGD for matrix factorisation
+(DSGD): users are split into ``lanes`` contiguous ranges with about equal numbers of pairs, and
+each epoch the items into ``lanes`` random strata with about equal numbers of pairs. Lane ``l``'s
+pairs whose positive lies in stratum ``s`` form bucket ``(l, s)``; at step ``t`` every lane takes
+the next block of its bucket with ``s = (l + t) % lanes`` and draws that block's candidates from
+stratum ``s`` only (uniform over the user's non-positives there). The lanes of a step then read
+and write disjoint user rows and disjoint item rows: no copies, no merges, no locks, and the
+result depends on ``lanes``, never on the threads (bit-identical on any number). Rotating the
+strata every block, rather than running a whole bucket per round, kept ml-latest-small at one
+lane's validation quality (a round per bucket lost 8% NDCG@10 there); over 20 seeds two lanes are
+within noise of one (``cpu_training.md``). Earlier designs, measured and dropped: Hogwild threads
+on shared tables (3x the cost per update on 2 threads, the popular items' cache lines moving
+between cores) and lanes with private item copies merged after each block (the merges cost as
+much as the updates on an ML-1M-sized catalogue).
+
+One lane is the plain sequential loop: the whole catalogue, every block scored by all threads,
+then updated in order. With ``shuffle`` the kernel draws the epoch's pair order itself (a
+uniform permutation within each bucket, built in parallel) instead of the caller's.
 
 numba is imported behind a guard (see :mod:`._numba_ops`): without it this module still imports
 and :func:`train_epoch` raises ``ImportError``.
@@ -31,6 +38,8 @@ from ._numba_ops import (
     _PAR,
     _atomic_add,
     _atomic_load,
+    _hash,
+    _mulhi,
     _prefetch_row,
     _require_numba,
     _stream_key,
@@ -39,10 +48,20 @@ from ._numba_ops import (
     numba,
     prange,
 )
-from .cpu import _bits, _check_catalogue, _check_ids, _prefetch_pair, _score_sampled, _sqdist
+from .cpu import (
+    _TRIES,
+    _bits,
+    _check_catalogue,
+    _check_ids,
+    _count_le,
+    _is_positive,
+    _prefetch_pair,
+    _score_sampled,
+    _sqdist,
+)
 
-_MERGE_PIECE = 256  # dirty-list entries per claim in a merge
 _PREFETCH = 2  # pairs ahead whose rows the updates prefetch
+_SORT_CHUNKS = 16  # pieces of the pairs bucketed in parallel
 _CHUNK = 64  # pairs per claim in the scoring phase
 
 # ----------------------------------------------------------------------------------- kernels
@@ -132,12 +151,17 @@ def _rank_weights(n_items, n_cand, rank_weight):
     return weights
 
 
-@njit(cache=True)
-def _lane_order(pair_users, n_users, lanes):
-    """``(order, lane_ptr)``: pair positions grouped by lane, in the caller's order within one.
+@njit(**_PAR)
+def _bucket_order(pair_users, pair_items, n_users, stratum_of, lanes, key, shuffle):
+    """``(users, items, pos, bucket_ptr)``: the pairs grouped by bucket ``lane * lanes +
+    stratum``, ``[bucket_ptr[b]:bucket_ptr[b + 1]]`` (``pos``: their positions in the caller's
+    arrays). Gathered once here, so that the kernel reads its pairs sequentially.
 
     Lane ``l`` holds the users of the ``l``-th contiguous range with about ``P / lanes`` pairs
-    (contiguous, so two lanes' user rows share no cache line but at a boundary).
+    (contiguous, so two lanes' user rows share no cache line but at a boundary); the stratum is
+    the positive item's. Within a bucket: the caller's order, or with ``shuffle`` a uniformly
+    random one keyed by ``key`` (each pair to one of ~``size / 1024`` bins at random, each bin
+    shuffled by Fisher-Yates: exact, in cache, and in parallel).
     """
     count = np.zeros(n_users + 1, np.int64)
     for u in pair_users:
@@ -148,123 +172,222 @@ def _lane_order(pair_users, n_users, lanes):
     n = pair_users.shape[0]
     for u in range(n_users):  # the lane holding the pair at the user's median position
         lane_of[u] = min(lanes - 1, ((count[u] + count[u + 1]) // 2 * lanes) // max(n, 1))
-    lane_ptr = np.zeros(lanes + 1, np.int64)
-    for u in pair_users:
-        lane_ptr[lane_of[u] + 1] += 1
-    for lane in range(lanes):
-        lane_ptr[lane + 1] += lane_ptr[lane]
-    fill = lane_ptr[:-1].copy()
-    order = np.empty(n, np.int64)
-    for g in range(n):
-        lane = lane_of[pair_users[g]]
-        order[fill[lane]] = g
-        fill[lane] += 1
-    return order, lane_ptr
+    R = max(1, n // (lanes * lanes * 1024)) if shuffle else 1  # bins per bucket
+    k_bin = _hash(key, np.uint64(0xFFFFFFFFFFFFFFFE))  # streams no draw counter reaches
+    k_swap = _hash(key, np.uint64(0xFFFFFFFFFFFFFFFD))
+    nb = lanes * lanes * R
+    # a counting sort in _SORT_CHUNKS fixed pieces of the input (the order does not depend on
+    # the threads): bins, then pieces, then the input order
+    C = _SORT_CHUNKS
+    step = (n + C - 1) // C
+    counts = np.zeros((C, nb), np.int64)
+    bin_of = np.empty(n, np.int32)
+    for c in prange(C):
+        for g in range(c * step, min(n, (c + 1) * step)):
+            b = (lane_of[pair_users[g]] * lanes + stratum_of[pair_items[g]]) * R
+            if shuffle:
+                b += _mulhi(_hash(k_bin, np.uint64(g)), R)
+            bin_of[g] = b
+            counts[c, b] += 1
+    bin_ptr = np.zeros(nb + 1, np.int64)
+    start = np.empty((C, nb), np.int64)
+    total = 0
+    for b in range(nb):
+        bin_ptr[b] = total
+        for c in range(C):
+            start[c, b] = total
+            total += counts[c, b]
+    bin_ptr[nb] = total
+    users = np.empty(n, np.int32)
+    items = np.empty(n, np.int32)
+    pos = np.empty(n, np.int64)
+    for c in prange(C):
+        fill = start[c]
+        for g in range(c * step, min(n, (c + 1) * step)):
+            k = fill[bin_of[g]]
+            users[k], items[k], pos[k] = pair_users[g], pair_items[g], g
+            fill[bin_of[g]] += 1
+    if shuffle:
+        for b in prange(nb):
+            lo = bin_ptr[b]
+            for k in range(bin_ptr[b + 1] - 1, lo, -1):
+                j = lo + _mulhi(_hash(k_swap, np.uint64(k)), k - lo + 1)
+                users[k], users[j] = users[j], users[k]
+                items[k], items[j] = items[j], items[k]
+                pos[k], pos[j] = pos[j], pos[k]
+    return users, items, pos, bin_ptr[::R].copy()
+
+
+@njit(cache=True)
+def _strata(n_items, lanes, key, pair_items):
+    """``(items, item_ptr, stratum_of)``: the items split into ``lanes`` strata, a new split for
+    each ``key`` (epoch); ``items[item_ptr[s]:item_ptr[s + 1]]`` are the ids of stratum ``s``,
+    ascending.
+
+    Items are taken in a random order (keyed hashes) and each goes to the stratum with the
+    fewest pairs so far, so the lanes' work per round is even within one item's pairs (a split
+    by item count left 10% more pairs in one stratum on an ML-1M-sized matrix).
+    """
+    skey = _hash(key, np.uint64(0xFFFFFFFFFFFFFFFF))  # a stream no draw counter reaches
+    h = np.empty(n_items, np.uint64)
+    for i in range(n_items):
+        h[i] = _hash(skey, np.uint64(i))
+    pairs = np.zeros(n_items, np.int64)
+    for i in pair_items:
+        pairs[i] += 1
+    load = np.zeros(lanes, np.int64)
+    stratum_of = np.empty(n_items, np.int64)
+    item_ptr = np.zeros(lanes + 1, np.int64)
+    for i in np.argsort(h):
+        s = 0
+        for t in range(1, lanes):
+            if load[t] < load[s] or (load[t] == load[s] and item_ptr[t + 1] < item_ptr[s + 1]):
+                s = t
+        stratum_of[i] = s
+        load[s] += pairs[i]
+        item_ptr[s + 1] += 1
+    for s in range(lanes):
+        item_ptr[s + 1] += item_ptr[s]
+    fill = item_ptr[:-1].copy()
+    items = np.empty(n_items, np.int32)
+    for i in range(n_items):
+        items[fill[stratum_of[i]]] = i
+        fill[stratum_of[i]] += 1
+    return items, item_ptr, stratum_of
+
+
+@njit(**_PAR)
+def _stratum_rows(indptr, indices, items, item_ptr):
+    """``(sptr, spos)``: user ``u``'s positives in stratum ``s`` as their positions within the
+    stratum's list, ascending, in ``spos[sptr[u, s]:sptr[u, s + 1]]`` (what the draw's exact
+    fallback searches, as ``cpu._draw`` searches the row)."""
+    n_users, L, n_items = indptr.shape[0] - 1, item_ptr.shape[0] - 1, items.shape[0]
+    stratum_of = np.empty(n_items, np.int64)
+    pos_in = np.empty(n_items, np.int32)
+    for s in range(L):
+        for k in range(item_ptr[s], item_ptr[s + 1]):
+            stratum_of[items[k]] = s
+            pos_in[items[k]] = k - item_ptr[s]
+    sptr = np.empty((n_users, L + 1), np.int64)
+    spos = np.empty(indices.shape[0], np.int32)
+    for u in prange(n_users):
+        sptr[u, 0] = indptr[u]
+        cnt = np.zeros(L + 1, np.int64)
+        for k in range(indptr[u], indptr[u + 1]):
+            cnt[stratum_of[indices[k]] + 1] += 1
+        for s in range(L):
+            sptr[u, s + 1] = sptr[u, s] + cnt[s + 1]
+        fill = sptr[u, :L].copy()
+        for k in range(indptr[u], indptr[u + 1]):  # items ascend in the row and in a stratum
+            s = stratum_of[indices[k]]
+            spos[fill[s]] = pos_in[indices[k]]
+            fill[s] += 1
+    return sptr, spos
 
 
 @njit(inline="always")
-def _mark(stamp, dirty, n_dirty, r, s):
-    """Record that this lane changed item row ``r`` in the block stamped ``s``."""
-    if stamp[r] != s:
-        stamp[r] = s
-        dirty[n_dirty[0]] = r
-        n_dirty[0] += 1
+def _draw_stratum(indptr, indices, bits, u, items, lo, hi, sptr, spos, s, key, ctr):
+    """One item uniform over user ``u``'s non-positives in stratum ``s`` = ``items[lo:hi]``
+    (``-1`` if none), from counter ``ctr``: as ``cpu._draw``, rejection tries, then the rank map
+    on the positions within the stratum (each stage exactly uniform, so their mixture is)."""
+    a = sptr[u, s]
+    n_pos = sptr[u, s + 1] - a
+    n_free = hi - lo - n_pos
+    if n_free <= 0:
+        return np.int64(-1)
+    start = indptr[u]
+    deg = indptr[u + 1] - start
+    x = _hash(key, ctr)
+    for t in range(_TRIES):
+        item = np.int64(items[lo + _mulhi(x, hi - lo)])
+        if not _is_positive(indices, start, deg, bits, u, item):
+            return item
+        x = _hash(x, np.uint64(t))
+    j = _mulhi(x, n_free)
+    return np.int64(items[lo + j + _count_le(spos, a, n_pos, j, 1)])
 
 
 @njit(inline="always")
-def _score_chunk(indptr, indices, bits, pair_users, pair_items, order, lo, hi, user_emb,
-                 item_emb, n_cand, margin, key, neg, viol):
-    """(a) Hardest negative and violator count of the pairs ``order[lo:hi]`` of one lane, into
-    ``neg[k - lo]`` / ``viol[k - lo]``, against the tables as they are (the block start)."""
+def _score_stratum(indptr, indices, bits, user_emb, item_emb, u, p, n_cand, margin, key, ctr0,
+                   items, lo, hi, sptr, spos, s):
+    """``cpu._score_sampled`` with the candidates drawn by :func:`_draw_stratum`."""
+    thr = margin + _sqdist(user_emb, u, item_emb, p)
+    best = np.int64(-1)
+    best_d = np.float32(np.inf)
+    m = 0
+    for c in range(n_cand):
+        item = _draw_stratum(indptr, indices, bits, u, items, lo, hi, sptr, spos, s, key,
+                             ctr0 + np.uint64(c))
+        if item < 0:
+            return best, m
+        d = _sqdist(user_emb, u, item_emb, item)
+        if d < thr:
+            m += 1
+        if d < best_d or best < 0:
+            best_d = d
+            best = item
+    return best, m
+
+
+@njit(**_PAR)
+def _stratum_sample_kernel(indptr, indices, bits, users, strata, items, item_ptr, sptr, spos, n,
+                           key):
+    out = np.empty((users.shape[0], n), dtype=np.int64)
+    for b in prange(users.shape[0]):
+        u, s = users[b], strata[b]
+        for c in range(n):
+            out[b, c] = _draw_stratum(indptr, indices, bits, u, items, item_ptr[s],
+                                      item_ptr[s + 1], sptr, spos, s, key,
+                                      np.uint64(b * n + c))
+    return out
+
+
+@njit(inline="always")
+def _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo, hi, user_emb,
+                 item_emb, n_cand, margin, key, items, item_ptr, sptr, spos, s, neg, viol):
+    """(a) Hardest negative and violator count of the pairs ``lo:hi``, into ``neg[k - lo]`` /
+    ``viol[k - lo]``, against the tables as they are (the block start); candidates from the
+    whole catalogue with one lane, else from stratum ``s``."""
+    L = item_ptr.shape[0] - 1
     for k in range(lo, hi):
-        g = order[k]
         if k + 1 < hi:
-            _prefetch_pair(bits, user_emb, item_emb, pair_users[order[k + 1]],
-                           pair_items[order[k + 1]])
-        neg[k - lo], viol[k - lo] = _score_sampled(
-            indptr, indices, bits, user_emb, item_emb, pair_users[g], pair_items[g], n_cand,
-            margin, key, np.uint64(g) * np.uint64(n_cand))
+            _prefetch_pair(bits, user_emb, item_emb, pair_users[k + 1], pair_items[k + 1])
+        u = pair_users[k]
+        ctr0 = np.uint64(pair_pos[k]) * np.uint64(n_cand)
+        if L == 1:
+            neg[k - lo], viol[k - lo] = _score_sampled(
+                indptr, indices, bits, user_emb, item_emb, u, pair_items[k], n_cand, margin, key,
+                ctr0)
+        else:
+            neg[k - lo], viol[k - lo] = _score_stratum(
+                indptr, indices, bits, user_emb, item_emb, u, pair_items[k], n_cand, margin, key,
+                ctr0, items, item_ptr[s], item_ptr[s + 1], sptr, spos, s)
 
 
 @njit(inline="always")
-def _update_block(pair_users, pair_items, order, lo, hi, user_emb, user_acc, item_emb, item_acc,
-                  margin, lr, clip_norm, weights, grad, neg, viol, stamp, dirty, n_dirty, s,
-                  track):
-    """(b) The updates of the pairs ``order[lo:hi]`` of one lane, in order, each hinge
-    recomputed on the current rows; records the item rows changed when ``track``."""
+def _update_block(pair_users, pair_items, lo, hi, user_emb, user_acc, item_emb, item_acc,
+                  margin, lr, clip_norm, weights, grad, neg, viol):
+    """(b) The updates of the pairs ``lo:hi``, in order, each hinge recomputed on the
+    current rows."""
     loss = 0.0
     active = 0
     for k in range(lo, hi):
         a = k + _PREFETCH - lo  # the six rows of a later pair are random L2/L3 reads: start now
         if a < hi - lo and viol[a] > 0 and neg[a] >= 0:
-            g = order[lo + a]
-            _prefetch_row(user_emb, pair_users[g])
-            _prefetch_row(user_acc, pair_users[g])
-            _prefetch_row(item_emb, pair_items[g])
-            _prefetch_row(item_acc, pair_items[g])
+            _prefetch_row(user_emb, pair_users[lo + a])
+            _prefetch_row(user_acc, pair_users[lo + a])
+            _prefetch_row(item_emb, pair_items[lo + a])
+            _prefetch_row(item_acc, pair_items[lo + a])
             _prefetch_row(item_emb, neg[a])
             _prefetch_row(item_acc, neg[a])
         m, n = viol[k - lo], neg[k - lo]
         if m > 0 and n >= 0:
-            g = order[k]
-            u, p = pair_users[g], pair_items[g]
-            h = _step(u, p, n, weights[m], user_emb, item_emb, user_acc, item_acc, margin, lr,
-                      clip_norm, grad)
+            h = _step(pair_users[k], pair_items[k], n, weights[m], user_emb, item_emb, user_acc,
+                      item_acc, margin, lr, clip_norm, grad)
             if h > 0:
                 loss += weights[m] * h
                 active += 1
-                if track:
-                    _mark(stamp, dirty, n_dirty, np.int64(p), s)
-                    _mark(stamp, dirty, n_dirty, n, s)
     return loss, active
-
-
-@njit(inline="always")
-def _merge_row(r, first, s, stamp, item_emb, item_acc, lane_emb, lane_acc, clip_norm):
-    """Item row ``r``, changed in block ``s`` by lane ``first`` and maybe later lanes: master
-    (``item_*``, still the block-start row) gains the mean of the lanes' changes to the row and
-    the sum of their changes to its accumulator, then all copies get it."""
-    L = lane_emb.shape[0]
-    dim, cols = item_emb.shape[1], item_acc.shape[1]
-    alone = True
-    for lane in range(first + 1, L):
-        if stamp[lane, r] == s:
-            alone = False
-    if alone:  # the usual case for rare items: a copy, bit-exact
-        for d in range(dim):
-            item_emb[r, d] = lane_emb[first, r, d]
-        for d in range(cols):
-            item_acc[r, d] = lane_acc[first, r, d]
-    else:
-        sq = np.float32(0.0)
-        cnt = np.float32(1.0)  # lanes that changed the row
-        for lane in range(first + 1, L):
-            if stamp[lane, r] == s:
-                cnt += np.float32(1.0)
-        for d in range(dim):
-            base = item_emb[r, d]
-            x = lane_emb[first, r, d] - base
-            for lane in range(first + 1, L):
-                if stamp[lane, r] == s:
-                    x += lane_emb[lane, r, d] - base
-            x = base + x / cnt
-            item_emb[r, d] = x
-            sq += x * x
-        _clip_row(item_emb, r, sq, clip_norm)
-        for d in range(cols):
-            base = item_acc[r, d]
-            x = lane_acc[first, r, d]
-            for lane in range(first + 1, L):
-                if stamp[lane, r] == s:
-                    x += lane_acc[lane, r, d] - base
-            item_acc[r, d] = x
-    for lane in range(L):
-        if alone and lane == first:
-            continue
-        for d in range(dim):
-            lane_emb[lane, r, d] = item_emb[r, d]
-        for d in range(cols):
-            lane_acc[lane, r, d] = item_acc[r, d]
 
 
 @njit(inline="always")
@@ -274,114 +397,112 @@ def _wait(ctl, field, value):
 
 
 @njit(**_PAR)
-def _train_kernel(indptr, indices, bits, pair_users, pair_items, order, lane_ptr, user_emb,
-                  user_acc, item_emb, item_acc, lane_emb, lane_acc, n_cand, margin, lr,
-                  rank_weight, clip_norm, key, block, n_tasks):
-    """Per block: (a) the lanes' pairs scored, in chunks, (b) each lane's updates, (c) the merge
-    of the item rows the lanes changed.
+def _train_kernel(indptr, indices, bits, pair_users, pair_items, pair_pos, bucket_ptr, items,
+                  item_ptr, sptr, spos, user_emb, user_acc, item_emb, item_acc, n_cand, margin,
+                  lr, rank_weight, clip_norm, key, block, n_tasks):
+    """Steps of (a) scoring and (b) updates, one block per lane and step.
 
-    ``lane_emb`` / ``lane_acc``: the lanes' item copies ``[L, n_items, *]``; with one lane, views
-    of the master tables themselves (updated in place, no merge). Threads claim work (a chunk of
-    pairs, a lane's updates, a piece of a lane's list of changed rows) with atomic counters and
-    wait, yielding their core, only for work another thread has claimed: no thread count can
-    deadlock, and none changes the result, since a lane's updates and a row's merge read only
-    the lanes' own copies, in lane order. With fewer lanes than threads the scoring still uses
-    every thread.
+    ``L`` > 1 lanes: at step ``t`` lane ``l`` takes block ``t // L`` of its bucket of stratum
+    ``(l + t) % L``: the lanes of a step touch disjoint user rows and disjoint item rows, so
+    they run in parallel unsynchronised, and the result cannot depend on the threads. One
+    lane: step ``t`` is block ``t`` of all the pairs, over the whole catalogue, its scoring
+    shared by all threads in chunks, then its updates in order.
+
+    ``n_tasks`` persistent tasks (one per thread) claim work with atomic counters and wait,
+    yielding their core, only for work another task has claimed: no thread count can
+    deadlock, and none changes the result. (One parallel region per epoch: a region per step
+    paid the threads' wake-up at every block.)
     """
-    L = lane_ptr.shape[0] - 1
+    L = item_ptr.shape[0] - 1
     n_items, dim = item_emb.shape
-    track = L > 1
-    if track:
-        for lane in prange(L):
-            lane_emb[lane] = item_emb
-            lane_acc[lane] = item_acc
-    n_blocks = 0
-    for lane in range(L):
-        n_blocks = max(n_blocks, (lane_ptr[lane + 1] - lane_ptr[lane] + block - 1) // block)
-    n_chunks = (block + _CHUNK - 1) // _CHUNK  # (a) claims per lane and block
-    stamp = np.zeros((L, n_items if track else 1), np.int64)  # block j + 1: changed in j
-    neg = np.empty((L, block), np.int64)
-    viol = np.empty((L, block), np.int32)
-    dirty = np.empty((L, 2 * block), np.int64)
-    n_dirty = np.zeros((L, 8), np.int64)  # [lane, 0]; a line per lane: no false sharing
-    grad = _scratch(n_tasks, 3, dim, np.float32)
     weights = _rank_weights(n_items, n_cand, rank_weight)
+    pad = 16  # >= 64 bytes between two lanes' scratch rows
+    neg = np.empty((L, block + pad), np.int64)
+    viol = np.empty((L, block + pad), np.int32)
+    grad = _scratch(L, 3, dim, np.float32)
     lane_loss = np.zeros((L, 8))
     lane_active = np.zeros((L, 8), np.int64)
-    # per block: -, chunks done; lanes claimed, done; pieces claimed, done; pieces + 1
-    ctl = np.zeros((n_blocks, 8), np.int64)
-    claims = np.zeros((n_blocks, L, 8), np.int64)  # chunks claimed per block and lane
-    for t in prange(n_tasks):
-        for j in range(n_blocks):
-            for i in range(L):  # (a), own lane first: its copy is in this core's cache
-                lane = (t + i) % L
-                while True:
-                    c = _atomic_add(claims[j, lane], 0, 1)
-                    if c >= n_chunks:
-                        break
-                    start = min(lane_ptr[lane] + j * block, lane_ptr[lane + 1])
-                    lo = min(start + c * _CHUNK, lane_ptr[lane + 1])
-                    hi = min(lo + _CHUNK, start + block, lane_ptr[lane + 1])
-                    _score_chunk(indptr, indices, bits, pair_users, pair_items, order, lo, hi,
-                                 user_emb, lane_emb[lane], n_cand, margin, key,
-                                 neg[lane, lo - start:], viol[lane, lo - start:])
-                    _atomic_add(ctl[j], 1, 1)
-            _wait(ctl[j], 1, L * n_chunks)
-            while True:  # (b)
-                lane = _atomic_add(ctl[j], 2, 1)
+    n_blocks = 0  # per bucket, at most
+    for b in range(L * L):
+        n_blocks = max(n_blocks, (bucket_ptr[b + 1] - bucket_ptr[b] + block - 1) // block)
+    n_steps = n_blocks * L
+    n_chunks = (block + _CHUNK - 1) // _CHUNK if L == 1 else 0  # (a) claims per step, one lane
+    ctl = np.zeros((n_steps, 8), np.int64)  # per step: chunks claimed, done; lanes claimed, done
+    for _task in prange(n_tasks):
+        for t in range(n_steps):
+            lo0 = t * block  # one lane: the step's pairs
+            hi0 = min(lo0 + block, bucket_ptr[1])
+            while True:  # (a), one lane: chunks of the block, by any task
+                c = _atomic_add(ctl[t], 0, 1)
+                if c >= n_chunks:
+                    break
+                lo = min(lo0 + c * _CHUNK, hi0)
+                _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo,
+                             min(lo + _CHUNK, hi0), user_emb, item_emb, n_cand, margin, key,
+                             items, item_ptr, sptr, spos, 0, neg[0, lo - lo0:], viol[0, lo - lo0:])
+                _atomic_add(ctl[t], 1, 1)
+            _wait(ctl[t], 1, n_chunks)
+            while True:  # (b): lanes, by any task
+                lane = _atomic_add(ctl[t], 2, 1)
                 if lane >= L:
                     break
-                lo = min(lane_ptr[lane] + j * block, lane_ptr[lane + 1])
-                hi = min(lo + block, lane_ptr[lane + 1])
-                n_dirty[lane, 0] = 0
-                loss, active = _update_block(
-                    pair_users, pair_items, order, lo, hi, user_emb, user_acc, lane_emb[lane],
-                    lane_acc[lane], margin, lr, clip_norm, weights, grad[t], neg[lane],
-                    viol[lane], stamp[lane], dirty[lane], n_dirty[lane], j + 1, track)
-                lane_loss[lane, 0] += loss
-                lane_active[lane, 0] += active
-                if _atomic_add(ctl[j], 3, 1) == L - 1 and track:  # the last lane: count pieces
-                    total = 0
-                    for other in range(L):
-                        total += (n_dirty[other, 0] + _MERGE_PIECE - 1) // _MERGE_PIECE
-                    _atomic_add(ctl[j], 6, total + 1)  # published once: a late thread reads
-                    # this, not n_dirty, which block j + 1 may already be refilling
-            _wait(ctl[j], 3, L)
-            if not track:
-                continue
-            _wait(ctl[j], 6, 1)  # (c) pieces of the lanes' lists of changed rows, in lane order
-            total = _atomic_load(ctl[j], 6) - 1
-            while True:
-                c = _atomic_add(ctl[j], 4, 1)
-                if c >= total:
-                    break
-                lane = 0
-                while c >= (n_dirty[lane, 0] + _MERGE_PIECE - 1) // _MERGE_PIECE:
-                    c -= (n_dirty[lane, 0] + _MERGE_PIECE - 1) // _MERGE_PIECE
-                    lane += 1
-                for k in range(c * _MERGE_PIECE, min(n_dirty[lane, 0], (c + 1) * _MERGE_PIECE)):
-                    r = dirty[lane, k]
-                    first = True  # merged once, by the first lane that changed it
-                    for other in range(lane):
-                        if stamp[other, r] == j + 1:
-                            first = False
-                    if first:
-                        _merge_row(r, lane, j + 1, stamp, item_emb, item_acc, lane_emb, lane_acc,
-                                   clip_norm)
-                _atomic_add(ctl[j], 5, 1)
-            _wait(ctl[j], 5, total)
+                s = (lane + t) % L
+                b = lane * L + s
+                lo = bucket_ptr[b] + (t // L) * block if L > 1 else lo0
+                hi = min(lo + block, bucket_ptr[b + 1])
+                if lo < hi:
+                    if L > 1:
+                        _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo,
+                                     hi, user_emb, item_emb, n_cand, margin, key, items, item_ptr,
+                                     sptr, spos, s, neg[lane], viol[lane])
+                    loss, active = _update_block(pair_users, pair_items, lo, hi, user_emb,
+                                                 user_acc, item_emb, item_acc, margin, lr,
+                                                 clip_norm, weights, grad[lane], neg[lane],
+                                                 viol[lane])
+                    lane_loss[lane, 0] += loss
+                    lane_active[lane, 0] += active
+                _atomic_add(ctl[t], 3, 1)
+            _wait(ctl[t], 3, L)
     return lane_loss[:, 0].sum(), lane_active[:, 0].sum()
 
 
 # ------------------------------------------------------------------------------- public API
 
 
-def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 array whose rows start on 64-byte lines (a dim-64 row is 4 whole lines)."""
-    n = int(np.prod(shape))
-    buf = np.empty(n + 16, np.float32)
-    start = (-buf.ctypes.data % 64) // 4
-    return buf[start:start + n].reshape(shape)
+def _plan(ip, ix, pu, pi, n_users, n_items, lanes, key, shuffle):
+    """The epoch's pairs in visiting order, strata and buckets: ``(users, items, pos,
+    bucket_ptr, strata_items, item_ptr, sptr, spos)``."""
+    L = min(lanes, n_items)  # no empty stratum
+    if L == 1:  # no strata: the whole catalogue
+        no_strata = (np.zeros(1, np.int32), np.array([0, n_items], np.int64),
+                     np.zeros((1, 2), np.int64), np.zeros(1, np.int32))
+        if not shuffle:  # the pairs in the caller's order
+            return (pu, pi, np.arange(len(pu), dtype=np.int64),
+                    np.array([0, len(pu)], np.int64), *no_strata)
+        return (*_bucket_order(pu, pi, np.int64(n_users), np.zeros(n_items, np.int64),
+                               np.int64(1), key, True), *no_strata)
+    items, item_ptr, stratum_of = _strata(np.int64(n_items), np.int64(L), key, pi)
+    return (*_bucket_order(pu, pi, np.int64(n_users), stratum_of, np.int64(L), key, shuffle),
+            items, item_ptr, *_stratum_rows(ip, ix, items, item_ptr))
+
+
+def stratum_candidates(indptr: np.ndarray, indices: np.ndarray, pair_users: np.ndarray,
+                       pair_items: np.ndarray, n_items: int, n_candidates: int, *, seed: int,
+                       epoch: int, lanes: int) -> np.ndarray:
+    """int64 ``[P, n_candidates]``: the candidates :func:`train_epoch` draws for each pair with
+    ``lanes`` > 1 (uniform over the user's non-positives in the positive's stratum, ``-1`` where
+    there is none); for tests and inspection."""
+    _require_numba()
+    ip = np.ascontiguousarray(indptr, dtype=np.int64)
+    ix = np.ascontiguousarray(indices, dtype=np.int32)
+    pu = np.ascontiguousarray(pair_users, dtype=np.int32)
+    pi = np.ascontiguousarray(pair_items, dtype=np.int32)
+    key = _stream_key(seed, epoch)
+    items, item_ptr, stratum_of = _strata(np.int64(n_items), np.int64(min(lanes, n_items)), key, pi)
+    sptr, spos = _stratum_rows(ip, ix, items, item_ptr)
+    bits = _bits(ip, ix, n_items, len(pu) * n_candidates)
+    return _stratum_sample_kernel(ip, ix, bits, pu, stratum_of[pi], items, item_ptr, sptr, spos,
+                                  np.int64(n_candidates), key)
 
 
 def train_epoch(
@@ -403,26 +524,26 @@ def train_epoch(
     epoch: int,
     lanes: int = 1,
     block_size: int = 4096,
+    shuffle: bool = False,
 ) -> tuple[float, int]:
     """One CML epoch over ``(pair_users[i], pair_items[i])``, in place.
 
-    Each lane (see the module docstring) takes its pairs in order, in blocks of ``block_size``:
-    (a) for each pair ``i`` the candidates ``sample_uniform(..., pair_users, ..., seed=seed,
-    offset=epoch)[i]``, the hardest ``n`` and the violator count ``M`` against the block-start
-    tables; (b) in order, skip if ``M == 0`` or ``n == -1``, weight ``w = log(1 + floor(n_items *
-    M / U))`` (or 1), recompute ``h = margin + d(u,p) - d(u,n)`` on the current rows, skip if
-    ``h <= 0``, else one Adagrad step on ``w * h`` for the rows ``u``, ``p``, ``n`` and clipping
-    to ``clip_norm``. After each block the lanes' item changes are merged into the master table
-    (a row changed by several lanes: the mean of their changes, clipped again, its accumulator
-    the sum) and shared. Bit-identical for given ``seed`` and ``lanes`` whatever the number of
-    threads.
+    The pairs are visited in lanes, buckets and blocks as the module docstring says; for each
+    pair ``i``: (a) candidates ``sample_uniform(..., pair_users, ..., seed=seed, offset=epoch)[i]``
+    with one lane, else ``stratum_candidates(...)[i]`` (uniform over the user's non-positives in
+    the positive's stratum); the hardest ``n`` and the violator count ``M`` against the tables at
+    the block start; (b) in order, skip if ``M == 0`` or ``n == -1``, weight ``w = log(1 +
+    floor(n_items * M / U))`` (or 1), recompute ``h = margin + d(u,p) - d(u,n)`` on the current
+    rows, skip if ``h <= 0``, else one Adagrad step on ``w * h`` for the rows ``u``, ``p``,
+    ``n`` and clipping to ``clip_norm``. Bit-identical for given ``seed``, ``epoch``, ``lanes``
+    and ``shuffle`` whatever the number of threads.
 
     Parameters
     ----------
     indptr, indices : np.ndarray
         int64 / int32 CSR of the training positives, sorted within each row.
     pair_users, pair_items : np.ndarray
-        int32 ``[P]`` pairs to visit, already shuffled by the caller.
+        int32 ``[P]`` pairs to visit (in the order to visit them, unless ``shuffle``).
     user_emb, item_emb : np.ndarray
         float32 C-contiguous ``[n, dim]`` tables, updated in place.
     user_acc, item_acc : np.ndarray
@@ -433,12 +554,17 @@ def train_epoch(
     seed, epoch : int
         RNG stream key.
     lanes : int
-        Parallel streams over disjoint users (one per thread is fastest). Extra memory:
-        ``lanes`` copies of ``item_emb`` and ``item_acc`` (none for one lane).
+        Parallel streams over disjoint users and item strata (one per thread is fastest; at
+        most ``n_items`` are used).
     block_size : int
-        Pairs per lane whose negatives are drawn against the same tables; the lanes merge
-        after each block. Extra memory ``O(lanes * block_size)``, ``O(lanes * n_items)``
-        integers and the positives bit-set (``<= BITSET_BUDGET_BYTES``).
+        Pairs per lane whose negatives are drawn against the same tables.
+    shuffle : bool
+        Visit the pairs in a random order drawn from ``(seed, epoch)`` (the Trainer's choice)
+        rather than in the caller's order.
+
+    Extra memory: the pairs in visiting order (16 B each), the users' positives by stratum
+    (4 B per positive, lanes > 1), ``O(lanes * block_size)`` and the positives bit-set (``<=
+    BITSET_BUDGET_BYTES``), whatever U and dim.
 
     Returns
     -------
@@ -475,16 +601,12 @@ def train_epoch(
     _check_ids("pair_items", pi, n_items)
     _check_ids("indices", ix, n_items)
     bits = _bits(ip, ix, n_items, len(pu) * n_candidates)
-    order, lane_ptr = _lane_order(pu, np.int64(user_emb.shape[0]), np.int64(lanes))
-    if lanes == 1:  # the lane works on the master tables
-        lane_emb, lane_acc = item_emb[None], item_acc[None]
-    else:
-        lane_emb = _aligned_empty((lanes, *item_emb.shape))
-        lane_acc = _aligned_empty((lanes, *item_acc.shape))
+    key = _stream_key(seed, epoch)
+    plan = _plan(ip, ix, pu, pi, user_emb.shape[0], n_items, lanes, key, bool(shuffle))
     loss, active = _train_kernel(
-        ip, ix, bits, pu, pi, order, lane_ptr, user_emb, user_acc, item_emb, item_acc, lane_emb,
-        lane_acc, np.int64(n_candidates), np.float32(margin), np.float32(lr), bool(rank_weight),
-        np.float32(clip_norm), _stream_key(seed, epoch),
-        np.int64(min(block_size, max(1, len(pu)))), np.int64(numba.get_num_threads()),
+        ip, ix, bits, *plan, user_emb, user_acc,
+        item_emb, item_acc, np.int64(n_candidates), np.float32(margin), np.float32(lr),
+        bool(rank_weight), np.float32(clip_norm), key, np.int64(min(block_size, max(1, len(pu)))),
+        np.int64(numba.get_num_threads()),
     )
     return float(loss), int(active)
