@@ -105,6 +105,28 @@ def test_same_seed_same_embeddings_on_cpu():
         assert not np.array_equal(a.item_embeddings_, c.item_embeddings_)
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_model_is_the_mean_of_the_last_epochs_tables(backend):
+    data = checkerboard(30, 20)
+    base = {**FAST, "backend": backend, "seed": 2}
+
+    def tables(epochs, average_last):
+        m = Recommender(TrainConfig(**{**base, "epochs": epochs, "average_last": average_last}),
+                        index="exact").fit(data, show_progress=False)
+        return m.user_embeddings_.astype(np.float64), m.item_embeddings_.astype(np.float64)
+
+    got = tables(3, 3)  # early epochs, while the tables still move
+    last = [tables(e, 0) for e in (1, 2, 3)]  # epoch e's tables do not depend on the total
+    for k in range(2):
+        want = sum(t[k] for t in last) / 3
+        np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(got[k], last[-1][k])  # not just the last epoch
+    assert np.array_equal(tables(3, 1)[1], last[-1][1])  # 1: the last epoch's tables
+    assert TrainConfig().average_last == 5
+    with pytest.raises(ValueError, match="average_last"):
+        TrainConfig(average_last=-1).validate()
+
+
 def test_rows_stay_in_the_unit_ball_and_loss_falls(fitted):
     _, model = fitted
     assert np.linalg.norm(model.item_embeddings_, axis=1).max() <= 1.0 + 1e-5
