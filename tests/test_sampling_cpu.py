@@ -16,7 +16,7 @@ if not cpu.HAS_NUMBA:
     pytest.skip("numba not installed", allow_module_level=True)
 import numba  # noqa: E402
 
-from recsys_metric.sampling import cpu_train  # noqa: E402
+from recsys_metric.sampling import cpu_train, strata  # noqa: E402
 
 
 def csr(rows, n_items):
@@ -231,15 +231,15 @@ def slow_strata_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch
     one. One lane: the whole catalogue, every pair, block after block. (The lanes of a step
     touch disjoint rows, so running them one after another is exact.)"""
     L = lanes
-    key = cpu_train._stream_key(seed, epoch)
+    key = strata._stream_key(seed, epoch)
     if L == 1:
         cands = slow_candidates(indptr, indices, pu, ie.shape[0], U, seed, epoch)
         stratum_of = np.zeros(ie.shape[0], np.int64)
     else:
-        cands = torch.from_numpy(cpu_train.stratum_candidates(
+        cands = torch.from_numpy(strata.stratum_candidates(
             indptr, indices, pu, pi, ie.shape[0], U, seed=seed, epoch=epoch, lanes=L))
-        items, ptr, stratum_of = cpu_train._strata(np.int64(ie.shape[0]), np.int64(L), key, pi)
-    users, _, pos, bptr = cpu_train._bucket_order(pu, pi, np.int64(len(ue)), stratum_of,
+        items, ptr, stratum_of = strata._strata(np.int64(ie.shape[0]), np.int64(L), key, pi)
+    users, _, pos, bptr = strata._bucket_order(pu, pi, np.int64(len(ue)), stratum_of,
                                                   np.int64(L), key, shuffle)
     lane_of = np.empty(len(pu), np.int64)  # lane of each pair
     lane_of[pos] = np.repeat(np.arange(L * L) // L, np.diff(bptr))
@@ -335,9 +335,9 @@ def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg):
     indptr, indices = (t.numpy() for t in csr([pos, [], list(range(n_items))], n_items))
     pu = np.zeros(4000, np.int32)
     pi = rng.integers(0, n_items, 4000).astype(np.int32)
-    key = cpu_train._stream_key(3, 1)
-    items, ptr, stratum_of = cpu_train._strata(np.int64(n_items), np.int64(lanes), key, pi)
-    got = cpu_train.stratum_candidates(indptr, indices, pu, pi, n_items, 20, seed=3, epoch=1,
+    key = strata._stream_key(3, 1)
+    items, ptr, stratum_of = strata._strata(np.int64(n_items), np.int64(lanes), key, pi)
+    got = strata.stratum_candidates(indptr, indices, pu, pi, n_items, 20, seed=3, epoch=1,
                                        lanes=lanes)
     assert got.shape == (4000, 20) and (got >= 0).all()
     assert (stratum_of[got] == stratum_of[pi][:, None]).all()  # the positive's stratum
@@ -347,7 +347,7 @@ def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg):
         assert counts.sum() == counts[free].sum()  # never a positive, never another stratum
         assert chisquare(counts[free]).pvalue > 1e-3
     # a user with nothing: anything of the stratum; a user with everything: no negative
-    other = cpu_train.stratum_candidates(indptr, indices, np.array([1, 2], np.int32),
+    other = strata.stratum_candidates(indptr, indices, np.array([1, 2], np.int32),
                                          np.array([0, 0], np.int32), n_items, 50, seed=0,
                                          epoch=0, lanes=lanes)
     assert (other[0] >= 0).all() and (other[1] == -1).all()
@@ -360,8 +360,8 @@ def test_strata_partition_the_items_evenly_and_change_every_epoch():
     pairs = np.bincount(pi, minlength=n_items)
     splits = []
     for epoch in range(3):
-        items, ptr, stratum_of = cpu_train._strata(
-            np.int64(n_items), np.int64(3), cpu_train._stream_key(0, epoch), pi)
+        items, ptr, stratum_of = strata._strata(
+            np.int64(n_items), np.int64(3), strata._stream_key(0, epoch), pi)
         assert sorted(items.tolist()) == list(range(n_items))
         for s in range(3):
             assert (stratum_of[items[ptr[s]:ptr[s + 1]]] == s).all()
@@ -373,18 +373,17 @@ def test_strata_partition_the_items_evenly_and_change_every_epoch():
 
 
 def test_shuffle_is_a_uniform_permutation_within_each_bucket():
-    n = 300  # one lane and stratum: 4 bins of ~75 pairs, each shuffled
+    n = 2500  # one lane and stratum: 2 random bins of ~1250 pairs, each shuffled
     pu, pi = np.zeros(n, np.int32), np.arange(n, dtype=np.int32)
-    where = np.zeros((3, n), np.int64)  # positions of pairs 0, 150, 299 over many epochs
-    for epoch in range(3000):
-        _, _, pos, ptr = cpu_train._bucket_order(pu, pi, np.int64(1), np.zeros(n, np.int64),
-                                                 np.int64(1), cpu_train._stream_key(0, epoch),
-                                                 True)
-        assert ptr.tolist() == [0, n] and sorted(pos.tolist()) == list(range(n))
-        for r, g in enumerate((0, 150, 299)):
+    where = np.zeros((3, n), np.int64)  # positions of pairs 0, 1250, 2499 over many epochs
+    for epoch in range(2000):
+        _, _, pos, ptr = strata._bucket_order(pu, pi, np.int64(1), np.zeros(n, np.int64),
+                                              np.int64(1), strata._stream_key(0, epoch), True)
+        assert ptr.tolist() == [0, n] and np.array_equal(np.sort(pos), np.arange(n))
+        for r, g in enumerate((0, 1250, 2499)):
             where[r, np.flatnonzero(pos == g)[0]] += 1
     for r in range(3):
-        assert chisquare(where[r].reshape(30, 10).sum(1)).pvalue > 1e-3
+        assert chisquare(where[r].reshape(25, 100).sum(1)).pvalue > 1e-3
 
 
 @pytest.mark.parametrize("lanes", [2, 3])  # 3: more lanes than threads
@@ -531,7 +530,7 @@ import sys
 sys.modules["numba"] = None
 import torch
 import recsys_metric.sampling
-from recsys_metric.sampling import _numba_ops, cpu, cpu_train
+from recsys_metric.sampling import _numba_ops, cpu, cpu_train, strata
 assert not cpu.HAS_NUMBA and not _numba_ops.HAS_NUMBA
 for call in (
     lambda: cpu.sample_uniform(torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int32),
@@ -539,6 +538,7 @@ for call in (
     lambda: cpu_train.train_epoch(None, None, None, None, None, None, None, None,
                                   n_candidates=1, margin=1.0, lr=0.1, rank_weight=True,
                                   clip_norm=1.0, seed=0, epoch=0),
+    lambda: strata.stratum_candidates(None, None, None, None, 3, 1, seed=0, epoch=0, lanes=2),
 ):
     try:
         call()
