@@ -120,6 +120,17 @@ def _sqdist(a, ia, b, ib):
 
 
 @njit(inline="always")
+def _keep(d, item, thr, best, best_d, m):
+    """One scored candidate: counted if it violates (``d < thr``), kept if the closest so far
+    (first on ties; ``best < 0`` also admits a NaN/inf first one). Returns (best, best_d, m)."""
+    if d < thr:
+        m += 1
+    if d < best_d or best < 0:
+        return item, d, m
+    return best, best_d, m
+
+
+@njit(inline="always")
 def _score(user_emb, item_emb, u, p, cands, margin):
     """(hardest, violators) of one pair over its candidate row ``cands`` (``-1`` = invalid)."""
     thr = margin + _sqdist(user_emb, u, item_emb, p)  # violator <=> margin + d_pos - d_neg > 0
@@ -130,12 +141,7 @@ def _score(user_emb, item_emb, u, p, cands, margin):
         item = cands[c]
         if item < 0:  # the reference scores an invalid candidate as +inf: never picked/counted
             continue
-        d = _sqdist(user_emb, u, item_emb, item)
-        if d < thr:
-            m += 1
-        if d < best_d or best < 0:  # first on ties; `best < 0` also admits a NaN/inf first one
-            best_d = d
-            best = item
+        best, best_d, m = _keep(_sqdist(user_emb, u, item_emb, item), item, thr, best, best_d, m)
     return best, m
 
 
@@ -154,12 +160,7 @@ def _score_sampled(indptr, indices, bits, user_emb, item_emb, u, p, n_cand, marg
         item = _draw(indptr, indices, bits, u, item_emb.shape[0], key, ctr0 + np.uint64(c))
         if item < 0:
             return best, m  # no negative at all: every draw of this row is -1
-        d = _sqdist(user_emb, u, item_emb, item)
-        if d < thr:
-            m += 1
-        if d < best_d or best < 0:
-            best_d = d
-            best = item
+        best, best_d, m = _keep(_sqdist(user_emb, u, item_emb, item), item, thr, best, best_d, m)
     return best, m
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._numba_ops import _PAR, _hash, _mulhi, _require_numba, _stream_key, njit, prange
-from .cpu import _TRIES, _bits, _count_le, _is_positive, _sqdist
+from .cpu import _TRIES, _bits, _count_le, _is_positive, _keep, _sqdist
 
 _SORT_CHUNKS = 16  # pieces of the pairs bucketed in parallel
 
@@ -193,12 +193,7 @@ def _score_stratum(indptr, indices, bits, user_emb, item_emb, u, p, n_cand, marg
                              ctr0 + np.uint64(c))
         if item < 0:
             return best, m
-        d = _sqdist(user_emb, u, item_emb, item)
-        if d < thr:
-            m += 1
-        if d < best_d or best < 0:
-            best_d = d
-            best = item
+        best, best_d, m = _keep(_sqdist(user_emb, u, item_emb, item), item, thr, best, best_d, m)
     return best, m
 
 
