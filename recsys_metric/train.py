@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -167,6 +169,46 @@ class _Scorer:
 Callback = Callable[[int, dict], bool | None]
 
 
+class _TailMean:
+    """The mean of the tables after each of the last ``k`` epochs added (Polyak averaging of
+    the SGD iterates; the mean of points in the ball stays in it). Keeps those ``k`` tables."""
+
+    def __init__(self, model: CML, k: int) -> None:
+        self.model = model
+        self.tables: deque[list[torch.Tensor]] = deque(maxlen=max(k, 1))
+
+    def add(self) -> None:
+        self.tables.append([self.model.users.weight.detach().clone(),
+                            self.model.items.weight.detach().clone()])
+
+    def _mean(self) -> list[torch.Tensor]:
+        return [sum(t[i].double() for t in self.tables).div(len(self.tables)).float()
+                for i in range(2)]
+
+    def apply(self) -> None:
+        """Replace the model's tables by the mean (nothing to do for fewer than two)."""
+        if len(self.tables) > 1:
+            with torch.no_grad():
+                for w, mean in zip((self.model.users.weight, self.model.items.weight),
+                                   self._mean(), strict=True):
+                    w.copy_(mean)
+
+    @contextmanager
+    def applied(self):
+        """The mean in the model's tables inside the block, the current tables after it."""
+        if len(self.tables) < 2:
+            yield
+            return
+        current = [w.detach().clone() for w in (self.model.users.weight, self.model.items.weight)]
+        self.apply()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                self.model.users.weight.copy_(current[0])
+                self.model.items.weight.copy_(current[1])
+
+
 class Trainer:
     """Fits a :class:`CML` model to a users x items CSR matrix of positives.
 
@@ -204,7 +246,7 @@ class Trainer:
         result = TrainResult(np.empty(0), np.empty(0), loop="fused-cpu" if fused_cpu
                              else f"torch+{backend}")
         best, best_state, waited = -1.0, None, 0
-        avg, n_avg = None, 0
+        tail = _TailMean(model, cfg.average_last)
         t0 = time.perf_counter()
         bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not self.show_progress)
         for epoch in bar:
@@ -213,21 +255,21 @@ class Trainer:
             secs = time.perf_counter() - t
             logs = {"epoch": epoch + 1, "loss": loss, "active": active, "seconds": secs,
                     "triplets_per_s": train.nnz / max(secs, 1e-9)}
-            if valid is not None and valid.nnz:
+            validating = valid is not None and valid.nnz
+            if validating or epoch >= cfg.epochs - cfg.average_last:
+                tail.add()
+            if validating:  # the model as it would be if training stopped here
                 from .evaluation import evaluate_ranking
                 ks = {10, *(int(key.split("@")[1]) for key in self.valid_metrics if "@" in key)}
-                m = evaluate_ranking(_Scorer(model), train, valid, k=sorted(ks))
+                with tail.applied():
+                    m = evaluate_ranking(_Scorer(model), train, valid, k=sorted(ks))
+                    if m["NDCG@10"] > best:
+                        best, waited, result.best_epoch = m["NDCG@10"], 0, epoch + 1
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    else:
+                        waited += 1
                 logs["val_NDCG@10"], logs["val_HR@10"] = m["NDCG@10"], m["HR@10"]
                 logs.update({f"val_{key}": float(m[key]) for key in self.valid_metrics})
-                if m["NDCG@10"] > best:
-                    best, waited, result.best_epoch = m["NDCG@10"], 0, epoch + 1
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    waited += 1
-            if epoch >= cfg.epochs - cfg.average_last:  # sums in float64, on the tables' device
-                w = [model.users.weight.detach().double(), model.items.weight.detach().double()]
-                avg = w if avg is None else [a + b for a, b in zip(avg, w, strict=True)]
-                n_avg += 1
             result.history.append(logs)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
                              if k in ("loss", "triplets_per_s", "val_NDCG@10")})
@@ -236,10 +278,8 @@ class Trainer:
                 break
         if cfg.patience and best_state is not None:
             model.load_state_dict(best_state)
-        elif avg is not None and n_avg > 1:  # the mean of points in the ball stays in it
-            with torch.no_grad():
-                model.users.weight.copy_(avg[0] / n_avg)
-                model.items.weight.copy_(avg[1] / n_avg)
+        else:
+            tail.apply()
         result.seconds = time.perf_counter() - t0
         result.user_embeddings = model.users.weight.detach().cpu().numpy().copy()
         result.item_embeddings = model.items.weight.detach().cpu().numpy().copy()

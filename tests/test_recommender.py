@@ -127,6 +127,36 @@ def test_model_is_the_mean_of_the_last_epochs_tables(backend):
         TrainConfig(average_last=-1).validate()
 
 
+def test_validation_and_early_stopping_see_the_averaged_model():
+    from recsys_metric import Trainer
+    from recsys_metric.evaluation import evaluate_ranking
+    from recsys_metric.train import TrainResult
+
+    data = checkerboard(30, 20)
+    train, valid = leave_last_out(data)
+    base = {**FAST, "seed": 3, "average_last": 2}
+
+    def tables(epochs):
+        r = Trainer(TrainConfig(**{**base, "epochs": epochs, "average_last": 0}),
+                    show_progress=False).fit(train.matrix)
+        return r.user_embeddings.astype(np.float64), r.item_embeddings.astype(np.float64)
+
+    per_epoch = [tables(e) for e in (1, 2, 3, 4)]
+    mean = [[(per_epoch[max(e - 1, 0)][k] + per_epoch[e][k]) / (2 if e else 1) for k in (0, 1)]
+            for e in range(4)]  # the model after epoch e + 1: mean of the last two tables
+    res = Trainer(TrainConfig(**{**base, "epochs": 4, "patience": 10}),
+                  show_progress=False).fit(train.matrix, valid.matrix)
+    def ndcg(t):
+        model = TrainResult(*(x.astype(np.float32) for x in t))
+        return evaluate_ranking(model, train.matrix, valid.matrix, k=10)["NDCG@10"]
+
+    for e, logs in enumerate(res.history):
+        assert logs["val_NDCG@10"] == pytest.approx(ndcg(mean[e]), abs=1e-9)
+    assert any(ndcg(mean[e]) != ndcg(per_epoch[e]) for e in range(4))  # the test can tell
+    b = res.best_epoch - 1
+    np.testing.assert_allclose(res.item_embeddings, mean[b][1], rtol=1e-6, atol=1e-7)
+
+
 def test_rows_stay_in_the_unit_ball_and_loss_falls(fitted):
     _, model = fitted
     assert np.linalg.norm(model.item_embeddings_, axis=1).max() <= 1.0 + 1e-5
