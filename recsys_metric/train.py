@@ -64,8 +64,8 @@ class TrainConfig:
     # lanes, never on the thread count; one lane per core is fastest.
     lanes: int = 2
     # the model is the mean of the tables after each of the last epochs (Polyak averaging of
-    # the SGD iterates): +1-4% on every validation split, experiments/results/defaults.md.
-    # 0: the last epoch's tables. Not with early stopping, which keeps its best epoch.
+    # the SGD iterates): +1-5% on every validation split, experiments/results/defaults.md.
+    # 0: the last epoch's tables. Validation scores (and early stopping) see that mean too.
     average_last: int = 5
 
     def validate(self) -> TrainConfig:
@@ -215,7 +215,8 @@ class Trainer:
     ``callbacks`` are called after each epoch as ``cb(epoch, logs)``; returning True stops.
     With ``valid``, the logs hold ``val_NDCG@10`` and ``val_HR@10`` (early stopping uses the
     former), plus ``val_<key>`` for each :func:`~recsys_metric.evaluation.evaluate_ranking` key in
-    ``valid_metrics`` (e.g. ``"Recall@20"``, ``"MRR"``).
+    ``valid_metrics`` (e.g. ``"Recall@20"``, ``"MRR"``), each scored on the model training would
+    return if it stopped there (the mean of the last ``average_last`` epochs' tables).
     """
 
     def __init__(self, config: TrainConfig | None = None, callbacks: Sequence[Callback] = (),
