@@ -170,8 +170,8 @@ Callback = Callable[[int, dict], bool | None]
 
 
 class _TailMean:
-    """The mean of the tables after each of the last ``k`` epochs added (Polyak averaging of
-    the SGD iterates; the mean of points in the ball stays in it). Keeps those ``k`` tables."""
+    """Polyak averaging of the SGD iterates: keeps copies of the tables after the last ``k``
+    epochs passed to :meth:`add`, and applies their mean (which stays in the unit ball)."""
 
     def __init__(self, model: CML, k: int) -> None:
         self.model = model
