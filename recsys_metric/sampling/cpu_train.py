@@ -119,14 +119,14 @@ def _step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_n
 
 
 @njit(inline="always")
-def _scratch(n_tasks, rows, cols, dtype):
-    """Per-thread ``[rows, cols]`` scratch, ``out[t]``, with >= 64 bytes between two threads' rows.
+def _scratch(n_lanes, rows, cols, dtype):
+    """Per-lane ``[rows, cols]`` scratch, ``out[lane]``, with >= 64 bytes between two lanes' rows.
 
-    Without the padding, the line at the boundary of two threads' blocks is written by both on
-    every update (false sharing).
+    Without the padding, the line at the boundary of two lanes' blocks, which run on different
+    threads, is written by both on every update (false sharing).
     """
     pad = (64 + cols * 4 - 1) // (cols * 4)  # rows of >= 4-byte items: >= 64 bytes
-    return np.empty((n_tasks, rows + pad, cols), dtype=dtype)
+    return np.empty((n_lanes, rows + pad, cols), dtype=dtype)
 
 
 @njit(inline="always")
