@@ -41,7 +41,7 @@ def main() -> None:
 
     cml_hit, cml_pop = np.zeros(len(users)), 0.0
     for seed in a.seeds:
-        top = top10(Trainer(TrainConfig(seed=seed), show_progress=False).fit(F))
+        top = top10(Trainer(TrainConfig(seed=seed), show_progress=False).fit(fit))
         cml_hit += (top == item[:, None]).any(1) / len(a.seeds)
         cml_pop += pop[top].mean() / len(a.seeds)
     top = top10(make_baseline("als").fit(F))

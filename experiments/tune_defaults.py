@@ -45,7 +45,8 @@ GRID = {
 }
 
 
-def validation_splits(names):
+def validation_interactions(names):
+    """``{name: (fit, valid)}`` Interactions: each user's latest train item held out."""
     out = {}
     for name in names:
         path = DATASETS[name]
@@ -53,9 +54,14 @@ def validation_splits(names):
             print(f"skip {name}: {path} not found", file=sys.stderr)
             continue
         train, _test = leave_last_out(read_ratings(path))  # the test part is never used here
-        fit, valid = leave_last_out(train)
-        out[name] = (fit.matrix, valid.matrix)
+        out[name] = leave_last_out(train)
     return out
+
+
+def validation_splits(names):
+    """As :func:`validation_interactions`, the matrices (no time order: no ``recent_share``)."""
+    return {name: (fit.matrix, valid.matrix)
+            for name, (fit, valid) in validation_interactions(names).items()}
 
 
 def score_config(cfg: TrainConfig, splits) -> dict:

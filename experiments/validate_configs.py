@@ -14,7 +14,7 @@ import json
 import time
 
 import numpy as np
-from tune_defaults import validation_splits
+from tune_defaults import validation_interactions
 
 from recsys_metric import TrainConfig, Trainer
 from recsys_metric.evaluation import evaluate_ranking
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--datasets", nargs="+", default=["books", "ml-100k", "ml-latest-small"])
     a = ap.parse_args()
-    splits = validation_splits(a.datasets)
+    splits = validation_interactions(a.datasets)
     print("| config | " + " | ".join(splits) + " | s/fit |", flush=True)
     print("|---|" + "---:|" * (len(splits) + 1), flush=True)
     rows = []
@@ -40,7 +40,7 @@ def main() -> None:
                 cfg = TrainConfig.from_dict({**overrides, "seed": seed})
                 res = Trainer(cfg, show_progress=False).fit(fit)
                 secs.append(time.perf_counter() - t)
-                ms.append(evaluate_ranking(res, fit, valid, k=10))
+                ms.append(evaluate_ranking(res, fit.matrix, valid.matrix, k=10))
             row[name] = {m: float(np.mean([x[m] for x in ms])) for m in ("NDCG@10", "HR@10")}
         row["seconds_per_fit"] = float(np.mean(secs))
         rows.append(row)

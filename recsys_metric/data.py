@@ -145,6 +145,25 @@ class Interactions:
             self.source, self.item_names,
         )
 
+    def time_order(self) -> np.ndarray:
+        """Entry indices (into ``matrix.data``) sorted by user, then timestamp, then file row:
+        each user's history, oldest first (file order alone when there are no timestamps)."""
+        users = np.repeat(np.arange(self.n_users), np.diff(self.matrix.indptr))
+        ts = self.timestamps if self.timestamps is not None else np.zeros(self.nnz)
+        rows = self.rows if self.rows is not None else np.arange(self.nnz)
+        return np.lexsort((rows, ts, users))
+
+    def recency(self) -> np.ndarray:
+        """Each entry's place in its user's history, aligned with ``matrix.data``: ``(rank +
+        0.5) / degree`` with rank 0 the oldest, so in (0, 1) and above 1/2 for the newer half."""
+        order = self.time_order()
+        deg = np.diff(self.matrix.indptr)
+        users = np.repeat(np.arange(self.n_users), deg)
+        out = np.empty(self.nnz)
+        # in time order each user's entries are still one contiguous run starting at indptr[u]
+        out[order] = (np.arange(self.nnz) - self.matrix.indptr[users] + 0.5) / deg[users]
+        return out
+
     def to_frame(self) -> pd.DataFrame:
         coo = self.matrix.tocoo()
         df = pd.DataFrame({"user": self.users.raw(coo.row), "item": self.items.raw(coo.col)})

@@ -55,15 +55,14 @@ class Recommender:
         train = interactions.matrix
         if cfg.patience and valid is None:
             sub, val = validation_split(interactions)
-            probe = Trainer(cfg, callbacks, show_progress).fit(sub.matrix, val.matrix)
+            probe = Trainer(cfg, callbacks, show_progress).fit(sub, val)
             self.validation_history_ = probe.history
             epochs = probe.best_epoch or cfg.epochs
             refit = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs, "patience": 0})
-            result = Trainer(refit, callbacks, show_progress).fit(train)
+            result = Trainer(refit, callbacks, show_progress).fit(interactions)
             self.best_epoch_ = epochs
         else:
-            result = Trainer(cfg, callbacks, show_progress).fit(
-                train, None if valid is None else valid.matrix)
+            result = Trainer(cfg, callbacks, show_progress).fit(interactions, valid)
             self.validation_history_ = result.history if valid is not None else []
             self.best_epoch_ = result.best_epoch
         self.history_ = result.history

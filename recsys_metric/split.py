@@ -22,8 +22,7 @@ def leave_last_out(inter: Interactions) -> tuple[Interactions, Interactions]:
     no timestamps). Users with a single interaction stay train-only.
     """
     users = _entry_users(inter)
-    ts = inter.timestamps if inter.timestamps is not None else np.zeros(inter.nnz)
-    order = np.lexsort((inter.rows, ts, users))  # by user, then time, then file row
+    order = inter.time_order()
     last = order[np.r_[users[order][1:] != users[order][:-1], True]]
     deg = np.diff(inter.matrix.indptr)
     test = np.zeros(inter.nnz, dtype=bool)

@@ -37,6 +37,7 @@ SPACES: dict[str, dict[str, Any]] = {
         "epochs": ("int", 5, 60),  # best epoch of one run to the top of the range
         "clip_norm": ("categorical", [0.5, 1.0, 2.0]),
         "init_norm": ("categorical", [0.1, 1.0]),
+        "recent_share": ("categorical", [0.0, 0.1, 0.2, 0.3, 0.5]),
     },
     "als": {
         "factors": ("categorical", [32, 64, 128, 256]),
@@ -257,7 +258,7 @@ def _cml_trial(trial, space: Mapping[str, Any], base: dict, fit: Interactions,
         return epoch >= low and epoch - state["epoch"] >= PLATEAU_EPOCHS
 
     history = Trainer(config, [plateau], show_progress=False, valid_metrics=[metric]).fit(
-        fit.matrix, valid.matrix).history
+        fit, valid).history
     in_range = [h for h in history if h["epoch"] >= low]
     chosen = max(in_range, key=lambda h: (h[key], -h["epoch"]))  # ties: fewer epochs
     params["epochs"] = int(chosen["epoch"])

@@ -203,7 +203,7 @@ def test_train_result_scores_like_the_fitted_recommender():
 
     data = checkerboard(20, 10)
     cfg = TrainConfig(**{**FAST, "epochs": 3})
-    res = Trainer(cfg, show_progress=False).fit(data.matrix)
+    res = Trainer(cfg, show_progress=False).fit(data)  # Interactions: same pairs
     model = Recommender(cfg).fit(data, show_progress=False)
     idx = np.arange(5)
     np.testing.assert_allclose(res.score_users(idx), model.score_users(idx), rtol=1e-6)

@@ -81,7 +81,7 @@ def test_missing_optuna_is_a_clear_error(monkeypatch):
 
 
 def _pairs(matrix, data) -> set[tuple[str, str]]:
-    coo = matrix.tocoo()
+    coo = getattr(matrix, "matrix", matrix).tocoo()  # a matrix or Interactions
     return set(zip(data.users.raw(coo.row), data.items.raw(coo.col), strict=True))
 
 
