@@ -1,17 +1,19 @@
 """Choose ``recent_share`` on validation splits, averaged over training seeds (never the test).
 
     .venv/bin/python experiments/recency_seeds.py [--seeds 0 1 ... 9] [--shares 0 0.1 0.2 0.3 0.5]
+        [--visits 2]
 
-``recent_share`` = q: each user's latest q of their history (by time, file row on ties) is visited
-twice per epoch. Validation split as in tune_defaults.py (each user's latest train item; the test
-part is never read); CML with its other defaults; NDCG@10 / HR@10, mean over the seeds (standard
-error of the mean in brackets); implicit ALS with its defaults (one fit) for scale. Last line: one
-JSON object of the rows.
+``recent_share`` = q, ``recent_visits`` = v: each user's latest q of their history (by time,
+file row on ties) is visited v times per epoch (every grid point of shares x visits). Validation
+split as in tune_defaults.py (each user's latest train item; the test part is never read); CML
+with its other defaults; NDCG@10 / HR@10, mean over the seeds (standard error of the mean in
+brackets); implicit ALS with its defaults (one fit) for scale. Last line: one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 
@@ -29,18 +31,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     ap.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--visits", type=int, nargs="+", default=[2])
     ap.add_argument("--datasets", nargs="+", default=["books", "ml-100k", "ml-latest-small"])
     a = ap.parse_args()
     splits = validation_interactions(a.datasets)
     print(f"NDCG@10 / HR@10 on validation, mean of seeds {a.seeds[0]}-{a.seeds[-1]} "
           "(standard error)\n")
-    print("| recent_share | " + " | ".join(splits) + " |")
-    print("|---:|" + "---|" * len(splits))
+    print("| recent_share | recent_visits | " + " | ".join(splits) + " |")
+    print("|---:|---:|" + "---|" * len(splits))
     rows = []
-    for q in a.shares:
-        row: dict = {"recent_share": q}
+    for q, v in itertools.product(a.shares, a.visits):
+        row: dict = {"recent_share": q, "recent_visits": v}
         for name, (fit, valid) in splits.items():
-            ms = [evaluate_ranking(Trainer(TrainConfig(seed=s, recent_share=q),
+            ms = [evaluate_ranking(Trainer(TrainConfig(seed=s, recent_share=q, recent_visits=v),
                                            show_progress=False).fit(fit), fit.matrix,
                                    valid.matrix, k=10) for s in a.seeds]
             row[name] = {m: [float(np.mean([x[m] for x in ms])),
@@ -49,13 +52,13 @@ def main() -> None:
         rows.append(row)
         cells = [f"{row[n]['NDCG@10'][0]:.4f} ({row[n]['NDCG@10'][1]:.4f}) / "
                  f"{row[n]['HR@10'][0]:.4f} ({row[n]['HR@10'][1]:.4f})" for n in splits]
-        print(f"| {q} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {q} | {v} | " + " | ".join(cells) + " |", flush=True)
     als = {}
     for name, (fit, valid) in splits.items():
         m = evaluate_ranking(make_baseline("als", seed=0).fit(fit.matrix), fit.matrix,
                              valid.matrix, k=10)
         als[name] = {k: float(m[k]) for k in ("NDCG@10", "HR@10")}
-    print("| ALS (defaults) | " + " | ".join(
+    print("| ALS (defaults) | | " + " | ".join(
         f"{als[n]['NDCG@10']:.4f} / {als[n]['HR@10']:.4f}" for n in splits) + " |")
     print(json.dumps({"rows": rows, "als": als}))
 

@@ -3,7 +3,10 @@
 ``Popularity`` scores items by their number of train interactions. ``ALS`` and ``BPR`` wrap the
 CPU models of `implicit <https://github.com/benfred/implicit>`_ 0.7 with its own default
 hyper-parameters; implicit is imported lazily inside ``fit`` so this module imports without it.
-Every model can be evaluated by :func:`recsys_metric.evaluation.evaluate_ranking`.
+``fit`` takes a users x items matrix or :class:`~recsys_metric.data.Interactions`; from the
+latter ALS can weight each user's latest interactions (``recent_share``, ``recent_weight``: the
+time order CML's ``recent_share`` uses, as a confidence; off by default). Every model can be
+evaluated by :func:`recsys_metric.evaluation.evaluate_ranking`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .data import Interactions
+
 
 def _check_train(train: Any, who: str) -> sp.csr_matrix:
+    if isinstance(train, Interactions):
+        train = train.matrix
     if not sp.issparse(train) or train.ndim != 2:
         raise ValueError(f"{who}.fit: train must be a 2-D scipy.sparse matrix (users x items)")
     train = sp.csr_matrix(train, dtype=np.float32)
@@ -103,7 +110,7 @@ class Popularity(Baseline):
     def __init__(self) -> None:
         pass
 
-    def fit(self, train: sp.csr_matrix) -> Popularity:
+    def fit(self, train: sp.csr_matrix | Interactions) -> Popularity:
         """Count the users of each item (stored entries; values are ignored)."""
         t0 = time.perf_counter()
         train = _check_train(train, "Popularity")
@@ -123,11 +130,15 @@ class _ImplicitMF(Baseline):
     def _implicit_model(self) -> tuple[type, dict[str, Any]]:  # (lazily imported class, kwargs)
         raise NotImplementedError
 
-    def fit(self, train: sp.csr_matrix) -> _ImplicitMF:
-        """Fit on the user x item CSR ``train`` (values are confidences for ALS)."""
+    def _values(self, train: sp.csr_matrix | Interactions) -> sp.csr_matrix:
+        return _check_train(train, type(self).__name__)
+
+    def fit(self, train: sp.csr_matrix | Interactions) -> _ImplicitMF:
+        """Fit on the user x item CSR ``train`` or ``Interactions`` (values are confidences for
+        ALS)."""
         from threadpoolctl import threadpool_limits
 
-        train = _check_train(train, type(self).__name__)
+        train = self._values(train)
         t0 = time.perf_counter()
         # Import first: importing implicit loads scipy's own OpenBLAS, which a limit entered
         # earlier would miss. implicit warns (already in the model's __init__) unless BLAS is
@@ -153,7 +164,9 @@ class ALS(_ImplicitMF):
 
     Defaults are implicit 0.7.3's own. ``seed`` is passed as ``random_state``; ``num_threads=0``
     uses every core. Train values are confidences (scaled by ``alpha``): pass a binary matrix
-    for plain implicit feedback.
+    for plain implicit feedback. Fitted on ``Interactions`` with ``recent_share`` > 0, the
+    entries in the latest ``recent_share`` of each user's history (``Interactions.recency``)
+    get the value ``recent_weight`` instead of 1 (``experiments/results/defaults.md``, section 6).
     """
 
     def __init__(
@@ -165,7 +178,12 @@ class ALS(_ImplicitMF):
         seed: int | None = None,
         num_threads: int = 0,
         show_progress: bool = False,
+        recent_share: float = 0.0,
+        recent_weight: float = 1.0,
     ) -> None:
+        if not 0 <= recent_share <= 1 or not recent_weight > 0:
+            raise ValueError(f"ALS: recent_share must be in [0, 1] and recent_weight > 0, got "
+                             f"{recent_share!r} and {recent_weight!r}")
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -173,6 +191,15 @@ class ALS(_ImplicitMF):
         self.seed = seed
         self.num_threads = num_threads
         self.show_progress = show_progress
+        self.recent_share = recent_share
+        self.recent_weight = recent_weight
+
+    def _values(self, train: sp.csr_matrix | Interactions) -> sp.csr_matrix:
+        if not isinstance(train, Interactions) or not self.recent_share:
+            return _check_train(train, "ALS")
+        m = train.matrix.astype(np.float32, copy=True)  # sorted CSR, aligned with recency()
+        m.data[train.recency() >= 1 - self.recent_share] = np.float32(self.recent_weight)
+        return m
 
     def _implicit_model(self) -> tuple[type, dict[str, Any]]:
         from implicit.cpu.als import AlternatingLeastSquares

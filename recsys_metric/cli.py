@@ -21,7 +21,7 @@ TRAIN_FLAGS = {
     "dim": int, "margin": float, "n_negatives": int, "epochs": int, "batch_size": int,
     "lr": float, "optimizer": str, "clip_norm": float, "init_norm": float, "cov_weight": float,
     "seed": int, "device": str, "backend": str, "patience": int, "lanes": int,
-    "average_last": int, "recent_share": float,
+    "average_last": int, "recent_share": float, "recent_visits": int,
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 

@@ -60,7 +60,7 @@ def fit_model(name: str, train: Interactions, config: TrainConfig, seed: int,
     from .baselines import make_baseline
 
     return make_baseline(name, **({} if name == "popularity" else {"seed": seed}),
-                         **(params or {})).fit(train.matrix)
+                         **(params or {})).fit(train)
 
 
 def tune_models(train: Interactions, names: Sequence[str], trials: int, config: TrainConfig,

@@ -37,13 +37,17 @@ SPACES: dict[str, dict[str, Any]] = {
         "epochs": ("int", 5, 60),  # best epoch of one run to the top of the range
         "clip_norm": ("categorical", [0.5, 1.0, 2.0]),
         "init_norm": ("categorical", [0.1, 1.0]),
-        "recent_share": ("categorical", [0.0, 0.1, 0.2, 0.3, 0.5]),
+        "recent_share": ("categorical", [0.0, 0.1, 0.2, 0.3]),
+        "recent_visits": ("categorical", [2, 3, 4]),
     },
     "als": {
         "factors": ("categorical", [32, 64, 128, 256]),
         "regularization": ("log", 1e-3, 1.0),
         "alpha": ("log", 0.5, 50.0),
         "iterations": ("int", 5, 30),
+        # the time order CML's recent_share uses, as a confidence on each user's latest pairs
+        "recent_share": ("categorical", [0.0, 0.1, 0.2, 0.3]),
+        "recent_weight": ("categorical", [2.0, 4.0]),
     },
     "bpr": {
         "factors": ("categorical", [32, 64, 128]),
@@ -196,8 +200,7 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
             params = _suggest(trial, params_space)
             from .baselines import make_baseline
 
-            fitted = make_baseline(name, **{**base_values, **params, "seed": seed}).fit(
-                fit.matrix)
+            fitted = make_baseline(name, **{**base_values, **params, "seed": seed}).fit(fit)
             value = float(evaluate_ranking(fitted, fit.matrix, valid.matrix, k=ks)[metric])
         trial.set_user_attr("params", params)
         trial.set_user_attr("seconds", time.perf_counter() - t0)

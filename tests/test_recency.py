@@ -1,4 +1,5 @@
-"""Recency: each user's latest interactions are visited twice per epoch (``recent_share``)."""
+"""Recency: each user's latest interactions (``recent_share`` of their history) are visited
+``recent_visits`` times per epoch."""
 
 import numpy as np
 import pytest
@@ -24,25 +25,29 @@ def test_recency_is_the_place_in_the_users_history():
     assert np.array_equal(data.matrix.indices[newest], test.matrix.indices)
 
 
-def test_the_latest_share_is_visited_twice():
+@pytest.mark.parametrize("visits", [2, 3])
+def test_the_latest_share_is_visited_that_many_times(visits):
     rng = np.random.default_rng(0)
     users = rng.integers(0, 30, 400)
     data = Interactions.from_pairs(users, rng.integers(0, 50, 400), rng.permutation(400))
-    trainer = Trainer(TrainConfig(**{**FAST, "epochs": 1}, recent_share=0.5), show_progress=False)
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, recent_share=0.5, recent_visits=visits)
+    trainer = Trainer(cfg, show_progress=False)
     trainer.fit(data)
     pu, pi = trainer._pairs(data.matrix)
     r = data.recency()
     m = data.matrix
     once = list(zip(np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices, strict=True))
-    again = [p for p, x in zip(once, r, strict=True) if x >= 0.5]
-    assert 0 < len(again) < len(once)
+    latest = [p for p, x in zip(once, r, strict=True) if x >= 0.5]
+    assert 0 < len(latest) < len(once)
+    want = once + latest * (visits - 1)
     assert sorted(zip(pu.tolist(), pi.tolist(), strict=True)) == sorted(
-        [(int(u), int(i)) for u, i in once + again])
-    assert trainer.n_pairs == len(pu) == len(once) + len(again)
-    # per user, the second visits are the newest entries
+        (int(u), int(i)) for u, i in want)
+    assert trainer.n_pairs == len(pu) == len(want)
+    # per user, the extra visits are the newest entries: about half of each history
     for u in range(m.shape[0]):
         ru = r[m.indptr[u]:m.indptr[u + 1]]
-        assert (ru >= 0.5).sum() == sum(1 for v, _ in again if v == u)
+        assert (ru >= 0.5).sum() == sum(1 for v, _ in latest if v == u)
+        assert abs((ru >= 0.5).sum() - len(ru) / 2) <= 0.5
 
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
@@ -52,13 +57,17 @@ def test_recent_share_zero_is_the_bare_matrix_fit(backend):
                                    rng.random(600))
     cfg = {**FAST, "backend": backend, "seed": 3}
     bare = Trainer(TrainConfig(**cfg), show_progress=False).fit(data.matrix)
-    off = Trainer(TrainConfig(**cfg, recent_share=0.0), show_progress=False).fit(data)
+    for off in ({"recent_share": 0.0}, {"recent_visits": 1}):
+        res = Trainer(TrainConfig(**cfg, **off), show_progress=False).fit(data)
+        assert np.array_equal(bare.item_embeddings, res.item_embeddings)
+        assert np.array_equal(bare.user_embeddings, res.user_embeddings)
     on = Trainer(TrainConfig(**cfg, recent_share=0.2), show_progress=False).fit(data)
-    assert np.array_equal(bare.item_embeddings, off.item_embeddings)
-    assert np.array_equal(bare.user_embeddings, off.user_embeddings)
     assert not np.array_equal(bare.item_embeddings, on.item_embeddings)
     with pytest.raises(ValueError, match="recent_share"):
         TrainConfig(recent_share=1.5).validate()
+    with pytest.raises(ValueError, match="recent_visits"):
+        TrainConfig(recent_visits=0).validate()
+    assert (TrainConfig().recent_share, TrainConfig().recent_visits) == (0.1, 3)
 
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
@@ -76,9 +85,30 @@ def test_recency_moves_users_toward_their_latest_taste(backend):
 
     def b_share(q):
         res = Trainer(TrainConfig(**{**FAST, "epochs": 10}, backend=backend, seed=0,
-                                  recent_share=q), show_progress=False).fit(data)
+                                  recent_share=q, recent_visits=2), show_progress=False).fit(data)
         s = res.score_users(np.arange(data.n_users))
         s[data.matrix.nonzero()] = -np.inf
         return group_b[np.argsort(-s, axis=1)[:, :10]].mean()
 
     assert b_share(0.5) > b_share(0.0) + 0.08  # measured: 0.65 vs 0.51
+
+
+def test_als_peer_can_weight_the_same_latest_pairs():
+    from recsys_metric.baselines import ALS, make_baseline
+
+    rng = np.random.default_rng(4)
+    data = Interactions.from_pairs(rng.integers(0, 40, 500), rng.integers(0, 30, 500),
+                                   rng.random(500))
+    before = data.matrix.data.copy()
+    m = ALS(recent_share=0.5, recent_weight=3.0)._values(data)
+    latest = data.recency() >= 0.5
+    assert np.array_equal(m.indices, data.matrix.indices)
+    assert np.array_equal(m.data, np.where(latest, 3.0, 1.0).astype(np.float32))
+    assert np.array_equal(data.matrix.data, before)  # the caller's matrix is not touched
+    fit = {"factors": 8, "iterations": 3, "seed": 0, "num_threads": 1}
+    plain = make_baseline("als", **fit).fit(data.matrix).item_factors_
+    assert np.array_equal(make_baseline("als", **fit).fit(data).item_factors_, plain)
+    weighted = make_baseline("als", **fit, recent_share=0.5, recent_weight=3.0).fit(data)
+    assert not np.allclose(weighted.item_factors_, plain)
+    with pytest.raises(ValueError, match="recent_weight"):
+        ALS(recent_share=0.2, recent_weight=0.0)

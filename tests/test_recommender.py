@@ -108,7 +108,8 @@ def test_same_seed_same_embeddings_on_cpu():
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_model_is_the_mean_of_the_last_epochs_tables(backend):
     data = checkerboard(30, 20)
-    base = {**FAST, "backend": backend, "seed": 2}
+    # recent_share 0: with the extra visits the tables settle within one epoch here
+    base = {**FAST, "backend": backend, "seed": 2, "recent_share": 0.0}
 
     def tables(epochs, average_last):
         m = Recommender(TrainConfig(**{**base, "epochs": epochs, "average_last": average_last}),
