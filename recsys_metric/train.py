@@ -219,7 +219,8 @@ class _TailMean:
 
 
 class Trainer:
-    """Fits a :class:`CML` model to a users x items CSR matrix of positives.
+    """Fits a :class:`CML` model to :class:`Interactions` (or a bare users x items CSR matrix of
+    positives, which has no time order for ``recent_share``).
 
     ``callbacks`` are called after each epoch as ``cb(epoch, logs)``; returning True stops.
     With ``valid``, the logs hold ``val_NDCG@10`` and ``val_HR@10`` (early stopping uses the
