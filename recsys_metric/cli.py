@@ -24,6 +24,9 @@ TRAIN_FLAGS = {
     "average_last": int, "recent_share": float, "recent_visits": int,
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
+MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS with "
+               "weight 4 on each user's latest 10%%: the time order CML's recency visits use); "
+               "default %(default)s")
 
 
 def _positive(text: str) -> int:
@@ -400,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how RATINGS is split (default leave-last-out)")
     _add_protocol_args(p)
     p.add_argument("-k", type=_positive, nargs="+", default=[10], help="cut-offs (default 10)")
-    p.add_argument("--models", default="cml,popularity,als,bpr")
+    p.add_argument("--models", default="cml,popularity,als,bpr", help=MODELS_HELP)
     p.add_argument("--json", help="write the results as JSON (DESIGN.md contract)")
     p.add_argument("--per-user", metavar="PATH",
                    help="write every user's metrics as CSV (user, model, n_test, metrics)")
@@ -410,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="CML vs peers on one split: a report with CIs, paired "
                                        "tests and plots")
     _add_data_args(p, optional=True)
-    p.add_argument("--models", default="cml,popularity,als,bpr")
+    p.add_argument("--models", default="cml,popularity,als,bpr", help=MODELS_HELP)
     p.add_argument("--out", required=True, help="report directory (report.md, results.json, "
                                                 "plots, per_user.csv)")
     p.add_argument("-k", type=_positive, nargs="+", default=[1, 5, 10, 20, 50],

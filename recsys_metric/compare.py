@@ -20,7 +20,12 @@ from .split import leave_last_out, random_holdout, temporal
 from .train import TrainConfig
 
 PROTOCOLS = ("leave-last-out", "random", "temporal")
-MODELS = ("cml", "popularity", "als", "bpr")
+MODELS = ("cml", "popularity", "als", "bpr", "als-recency")
+DEFAULT_MODELS = MODELS[:4]  # the JSON contract's models
+# implicit ALS given the time order CML's recency visits use, as a confidence weight on each
+# user's latest pairs (the best weighting on validation: experiments/recency_peers.py), so that a
+# comparison can show how much of CML's lead is the time order.
+ALS_RECENCY = {"recent_share": 0.1, "recent_weight": 4.0}
 REFERENCE = "cml"  # the model every other one is paired with
 # Per-user metrics tested in the paired comparison (novelty is a property, not a quality).
 PAIRED_PREFIXES = ("HR@", "NDCG@", "Recall@", "Precision@", "MAP@", "MRR", "AUC")
@@ -59,6 +64,8 @@ def fit_model(name: str, train: Interactions, config: TrainConfig, seed: int,
         return Recommender(config, index=index).fit(train, show_progress=show_progress)
     from .baselines import make_baseline
 
+    if name == "als-recency":
+        return make_baseline("als", seed=seed, **{**ALS_RECENCY, **(params or {})}).fit(train)
     return make_baseline(name, **({} if name == "popularity" else {"seed": seed}),
                          **(params or {})).fit(train)
 
@@ -101,7 +108,7 @@ def _negatives(result: dict, train: Interactions, test: Interactions,
 
 
 def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
-                   models: Sequence[str] = MODELS, k: Sequence[int] = (10,),
+                   models: Sequence[str] = DEFAULT_MODELS, k: Sequence[int] = (10,),
                    config: TrainConfig | None = None, seed: int = 0,
                    dataset: str | None = None, show_progress: bool = True,
                    per_user: bool = False, n_boot: int = 0, alpha: float = 0.05,

@@ -112,3 +112,28 @@ def test_als_peer_can_weight_the_same_latest_pairs():
     assert not np.allclose(weighted.item_factors_, plain)
     with pytest.raises(ValueError, match="recent_weight"):
         ALS(recent_share=0.2, recent_weight=0.0)
+
+
+def test_als_recency_is_a_named_peer(tmp_path):
+    from recsys_metric.cli import main
+    from recsys_metric.compare import ALS_RECENCY, fit_model, parse_models
+
+    rng = np.random.default_rng(5)
+    data = Interactions.from_pairs(rng.integers(0, 40, 500), rng.integers(0, 30, 500),
+                                   rng.random(500))
+    assert parse_models("cml,als-recency") == ["cml", "als-recency"]
+    model = fit_model("als-recency", data, TrainConfig(), seed=0, params={"factors": 8})
+    assert {k: model.get_params()[k] for k in ALS_RECENCY} == ALS_RECENCY
+    assert model.get_params()["factors"] == 8
+    csv = tmp_path / "r.csv"
+    rows = ["user,item,timestamp"] + [f"u{u},i{i},{t}" for t, (u, i) in enumerate(
+        zip(rng.integers(0, 30, 600), rng.integers(0, 40, 600), strict=True))]
+    csv.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "res.json"
+    assert main(["evaluate", str(csv), "--models", "popularity,als,als-recency", "--quiet",
+                 "--json", str(out)]) == 0
+    import json
+
+    models = json.loads(out.read_text())["models"]
+    assert set(models) == {"popularity", "als", "als-recency"}
+    assert models["als"]["HR@10"] >= 0 and models["als-recency"]["NDCG@10"] >= 0
