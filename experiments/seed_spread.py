@@ -25,7 +25,6 @@ import numpy as np  # noqa: E402
 
 from recsys_metric import Recommender, TrainConfig, leave_last_out, read_ratings  # noqa: E402
 from recsys_metric.baselines import make_baseline  # noqa: E402
-from recsys_metric.compare import ALS_RECENCY  # noqa: E402
 from recsys_metric.evaluation import evaluate_ranking  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -50,7 +49,7 @@ def main() -> None:
                           train, show_progress=False),
                       "als": make_baseline("als", seed=s).fit(train),
                       "bpr": make_baseline("bpr", seed=s).fit(train),
-                      "als-recency": make_baseline("als", seed=s, **ALS_RECENCY).fit(train)}
+                      "als-recency": make_baseline("als-recency", seed=s).fit(train)}
             for m, model in models.items():
                 r = evaluate_ranking(model, train.matrix, test.matrix, k=10)
                 runs[m].append({k: float(r[k]) for k in METRICS})

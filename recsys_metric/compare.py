@@ -21,11 +21,7 @@ from .train import TrainConfig
 
 PROTOCOLS = ("leave-last-out", "random", "temporal")
 MODELS = ("cml", "popularity", "als", "bpr", "als-recency")
-DEFAULT_MODELS = MODELS[:4]  # the JSON contract's models
-# implicit ALS given the time order CML's recency visits use, as a confidence weight on each
-# user's latest pairs (the best weighting on validation: experiments/recency_peers.py), so that a
-# comparison can show how much of CML's lead is the time order.
-ALS_RECENCY = {"recent_share": 0.1, "recent_weight": 4.0}
+DEFAULT_MODELS = MODELS[:4]  # the JSON contract's models (als-recency: baselines.PRESETS)
 REFERENCE = "cml"  # the model every other one is paired with
 # Per-user metrics tested in the paired comparison (novelty is a property, not a quality).
 PAIRED_PREFIXES = ("HR@", "NDCG@", "Recall@", "Precision@", "MAP@", "MRR", "AUC")
@@ -64,8 +60,6 @@ def fit_model(name: str, train: Interactions, config: TrainConfig, seed: int,
         return Recommender(config, index=index).fit(train, show_progress=show_progress)
     from .baselines import make_baseline
 
-    if name == "als-recency":
-        return make_baseline("als", seed=seed, **{**ALS_RECENCY, **(params or {})}).fit(train)
     return make_baseline(name, **({} if name == "popularity" else {"seed": seed}),
                          **(params or {})).fit(train)
 

@@ -165,8 +165,11 @@ def test_registry():
     assert isinstance(make_baseline("ALS", factors=4), ALS)
     assert make_baseline("als", factors=4).factors == 4
     assert isinstance(make_baseline("popularity"), Popularity)
-    with pytest.raises(ValueError, match="als, bpr, popularity"):
+    with pytest.raises(ValueError, match="als, als-recency, bpr, popularity"):
         make_baseline("svd")
+    preset = make_baseline("ALS-recency", factors=4, recent_weight=2.0)  # params override
+    assert isinstance(preset, ALS) and preset.factors == 4
+    assert (preset.recent_share, preset.recent_weight) == (0.1, 2.0)
 
 
 def test_errors_before_fit_and_on_bad_input():

@@ -115,15 +115,18 @@ def test_als_peer_can_weight_the_same_latest_pairs():
 
 
 def test_als_recency_is_a_named_peer(tmp_path):
+    from recsys_metric.baselines import PRESETS
     from recsys_metric.cli import main
-    from recsys_metric.compare import ALS_RECENCY, fit_model, parse_models
+    from recsys_metric.compare import fit_model, parse_models
 
     rng = np.random.default_rng(5)
     data = Interactions.from_pairs(rng.integers(0, 40, 500), rng.integers(0, 30, 500),
                                    rng.random(500))
     assert parse_models("cml,als-recency") == ["cml", "als-recency"]
     model = fit_model("als-recency", data, TrainConfig(), seed=0, params={"factors": 8})
-    assert {k: model.get_params()[k] for k in ALS_RECENCY} == ALS_RECENCY
+    base, preset = PRESETS["als-recency"]
+    assert base == "als" and {k: model.get_params()[k] for k in preset} == preset
+    assert preset == {"recent_share": 0.1, "recent_weight": 4.0}
     assert model.get_params()["factors"] == 8
     csv = tmp_path / "r.csv"
     rows = ["user,item,timestamp"] + [f"u{u},i{i},{t}" for t, (u, i) in enumerate(
