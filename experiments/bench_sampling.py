@@ -265,6 +265,11 @@ def main(argv=None) -> dict:
                     runs[(f"cml_u{U}", th, lanes, opt, block, dim)] = (
                         lambda th=th, U=U, lanes=lanes, opt=opt, block=block, dim=dim: bench_cml(
                             indptr, indices, n_items, U, dim, epochs, th, lanes, opt, block))
+        if th == args.threads and not quick:  # every TrainConfig default: the automatic U, dim 32
+            U = d.negatives_for(n_items)
+            runs[(f"cml_u{U}", th, d.lanes, d.optimizer, d.batch_size, 32)] = (
+                lambda th=th, U=U: bench_cml(indptr, indices, n_items, U, 32, epochs, th, d.lanes,
+                                             d.optimizer, d.batch_size))
     best: dict[tuple, dict] = {}
     for r in range(rounds):  # interleaved, so a burst of load on the shared machine hits all
         for k, (key, run) in enumerate(runs.items()):
@@ -314,9 +319,12 @@ def main(argv=None) -> dict:
         f"result depends on the lanes, never on the threads). Adagrad: element-wise (`adagrad`, "
         f"the default) or one accumulator per row (`adagrad_row`). BPR: implicit {iters} "
         f"iterations, factors = dim, lock-free threads. Ratio: to BPR at the same thread count "
-        f"and dim. Epoch and sampling in wall ns per pair; sampling = `hardest_negatives` over "
-        f"the same pairs at the trained state (parallel, candidates from the whole catalogue), "
-        f"the rest of an epoch is mostly the updates.",
+        f"and dim. "
+        + ("" if quick else f"The U={d.negatives_for(n_items)} row at dim 32 is a Trainer with "
+           f"every default (its automatic U: 1% of the catalogue within [10, 100]). ")
+        + "Epoch and sampling in wall ns per pair; sampling = `hardest_negatives` over "
+        "the same pairs at the trained state (parallel, candidates from the whole catalogue), "
+        "the rest of an epoch is mostly the updates.",
         "",
         "| model | dim | threads | lanes | block | Adagrad | per second | ratio to BPR | active "
         "| epoch ns/pair | sampling ns/pair |",
@@ -356,6 +364,9 @@ def main(argv=None) -> dict:
         "ratio": round(default["ratio"], 3),
         "U": 10,
         "dim": 64,
+        "trainer_defaults": ({"U": d.negatives_for(n_items), "dim": 32, "ratio": round(
+            headline[(d.negatives_for(n_items), d.lanes, d.optimizer, d.batch_size, 32)]["ratio"],
+            3)} if not quick else None),
         "fastest": {"lanes": fastest[0][1], "optimizer": fastest[0][2], "block": fastest[0][3],
                     "train_triplets_per_s": round(fastest[1]["train_triplets_per_s"]),
                     "ratio": round(fastest[1]["ratio"], 3)},
