@@ -21,11 +21,12 @@ TRAIN_FLAGS = {
     "dim": int, "margin": float, "n_negatives": int, "epochs": int, "batch_size": int,
     "lr": float, "optimizer": str, "clip_norm": float, "init_norm": float, "cov_weight": float,
     "seed": int, "device": str, "backend": str, "patience": int, "lanes": int,
-    "average_last": int, "recent_share": float, "recent_visits": int,
+    "average_last": int, "recent_share": float, "recent_visits": int, "recent_pull": float,
+    "pull_decay": float,
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
-MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS with "
-               "weight 4 on each user's latest 10%%: the time order CML's recency visits use); "
+MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS "
+               "given the time order CML uses: users pulled toward their latest items); "
                "default %(default)s")
 
 

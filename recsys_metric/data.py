@@ -164,6 +164,23 @@ class Interactions:
         out[order] = (np.arange(self.nnz) - self.matrix.indptr[users] + 0.5) / deg[users]
         return out
 
+    def latest_weights(self, decay: float) -> sp.csr_matrix:
+        """Users x items weights over each user's history, newest first: ``decay**r`` for the
+        ``r``-th newest entry, each non-empty row summing to 1. ``decay`` 0 is the newest item
+        alone, 1 the plain mean of the history."""
+        order = self.time_order()
+        ip = self.matrix.indptr
+        deg = np.diff(ip)
+        users = np.repeat(np.arange(self.n_users), deg)
+        w = np.empty(self.nnz)
+        # in time order, the entry at position k is its user's (indptr[u + 1] - 1 - k)-th newest
+        w[order] = float(decay) ** (ip[users + 1] - 1 - np.arange(self.nnz))
+        if self.nnz:
+            w /= np.repeat(np.add.reduceat(w, ip[:-1][deg > 0]), deg[deg > 0])
+        out = sp.csr_matrix((w, self.matrix.indices, ip), shape=self.matrix.shape)
+        out.has_sorted_indices = True
+        return out
+
     def to_frame(self) -> pd.DataFrame:
         coo = self.matrix.tocoo()
         df = pd.DataFrame({"user": self.users.raw(coo.row), "item": self.items.raw(coo.col)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -16,6 +18,21 @@ def pairwise_squared_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     below zero)."""
     d = x.pow(2).sum(1, keepdim=True) - 2.0 * x @ y.T + y.pow(2).sum(1)
     return d.clamp_(min=0.0)
+
+
+def pull_to_latest(users: np.ndarray, items: np.ndarray, weights: sp.csr_matrix,
+                   beta: float) -> np.ndarray:
+    """``(1 - beta) * u + beta * c`` for each user with a history, ``c`` the ``weights``-mean of
+    their items' rows (:meth:`Interactions.latest_weights`); users without one keep their row.
+
+    The next item follows the latest ones: the query point moves toward them. A convex
+    combination of rows in the unit ball stays in it.
+    """
+    out = users.copy()
+    has = np.diff(weights.indptr) > 0
+    target = np.asarray(weights[has] @ items.astype(np.float64))
+    out[has] = ((1.0 - beta) * users[has] + beta * target).astype(users.dtype)
+    return out
 
 
 class CML(nn.Module):

@@ -39,6 +39,8 @@ SPACES: dict[str, dict[str, Any]] = {
         "init_norm": ("categorical", [0.1, 1.0]),
         "recent_share": ("categorical", [0.0, 0.1, 0.2, 0.3]),
         "recent_visits": ("categorical", [2, 3, 4]),
+        "recent_pull": ("categorical", [0.0, 0.3, 0.4, 0.5, 0.6]),
+        "pull_decay": ("categorical", [0.3, 0.5, 0.7]),
     },
     "als": {
         "factors": ("categorical", [32, 64, 128, 256]),
@@ -48,6 +50,9 @@ SPACES: dict[str, dict[str, Any]] = {
         # the time order CML's recent_share uses, as a confidence on each user's latest pairs
         "recent_share": ("categorical", [0.0, 0.1, 0.2, 0.3]),
         "recent_weight": ("categorical", [2.0, 4.0]),
+        # and the pull toward the latest items (ALS's best pulls are larger than CML's)
+        "recent_pull": ("categorical", [0.0, 0.9, 0.95, 0.98]),
+        "pull_decay": ("categorical", [0.3, 0.5, 0.7]),
     },
     "bpr": {
         "factors": ("categorical", [32, 64, 128]),

@@ -167,9 +167,9 @@ def test_registry():
     assert isinstance(make_baseline("popularity"), Popularity)
     with pytest.raises(ValueError, match="als, als-recency, bpr, popularity"):
         make_baseline("svd")
-    preset = make_baseline("ALS-recency", factors=4, recent_weight=2.0)  # params override
+    preset = make_baseline("ALS-recency", factors=4, pull_decay=0.3)  # params override
     assert isinstance(preset, ALS) and preset.factors == 4
-    assert (preset.recent_share, preset.recent_weight) == (0.1, 2.0)
+    assert (preset.recent_pull, preset.pull_decay) == (0.98, 0.3)
 
 
 def test_errors_before_fit_and_on_bad_input():

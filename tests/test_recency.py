@@ -1,5 +1,6 @@
 """Recency: each user's latest interactions (``recent_share`` of their history) are visited
-``recent_visits`` times per epoch."""
+``recent_visits`` times per epoch, and after training each user's point is pulled toward their
+latest items (``recent_pull``, ``pull_decay``)."""
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_recent_share_zero_is_the_bare_matrix_fit(backend):
     rng = np.random.default_rng(1)
     data = Interactions.from_pairs(rng.integers(0, 40, 600), rng.integers(0, 30, 600),
                                    rng.random(600))
-    cfg = {**FAST, "backend": backend, "seed": 3}
+    cfg = {**FAST, "backend": backend, "seed": 3, "recent_pull": 0.0}  # (the pull: below)
     bare = Trainer(TrainConfig(**cfg), show_progress=False).fit(data.matrix)
     for off in ({"recent_share": 0.0}, {"recent_visits": 1}):
         res = Trainer(TrainConfig(**cfg, **off), show_progress=False).fit(data)
@@ -126,7 +127,7 @@ def test_als_recency_is_a_named_peer(tmp_path):
     model = fit_model("als-recency", data, TrainConfig(), seed=0, params={"factors": 8})
     base, preset = PRESETS["als-recency"]
     assert base == "als" and {k: model.get_params()[k] for k in preset} == preset
-    assert preset == {"recent_share": 0.1, "recent_weight": 4.0}
+    assert preset == {"recent_pull": 0.98, "pull_decay": 0.5}
     assert model.get_params()["factors"] == 8
     csv = tmp_path / "r.csv"
     rows = ["user,item,timestamp"] + [f"u{u},i{i},{t}" for t, (u, i) in enumerate(
@@ -140,3 +141,121 @@ def test_als_recency_is_a_named_peer(tmp_path):
     models = json.loads(out.read_text())["models"]
     assert set(models) == {"popularity", "als", "als-recency"}
     assert models["als"]["HR@10"] >= 0 and models["als-recency"]["NDCG@10"] >= 0
+
+
+def test_latest_weights_known_answers():
+    # u1: a at 30 (newest), c at 20, b at 10; u2: a tie at 5, the later file row (a) is newer
+    data = Interactions.from_pairs(["u1", "u1", "u1", "u2", "u2"], ["a", "b", "c", "b", "a"],
+                                   [30, 10, 20, 5, 5])
+    w = data.latest_weights(0.5).toarray()  # columns a, b, c
+    np.testing.assert_allclose(w, [[1 / 1.75, 0.25 / 1.75, 0.5 / 1.75], [1 / 1.5, 0.5 / 1.5, 0]])
+    np.testing.assert_allclose(data.latest_weights(0.0).toarray(), [[1, 0, 0], [1, 0, 0]])
+    np.testing.assert_allclose(data.latest_weights(1.0).toarray(),
+                               [[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0]])
+    # a user without entries keeps an empty row
+    sub = data.subset(np.array([True, True, True, False, False]))
+    assert sub.latest_weights(0.5)[1].nnz == 0
+    np.testing.assert_allclose(sub.latest_weights(0.5).sum(1).A.ravel(), [1, 0])
+
+
+def test_pull_to_latest_against_a_loop():
+    from recsys_metric.model import pull_to_latest
+
+    rng = np.random.default_rng(6)
+    data = Interactions.from_pairs(rng.integers(0, 20, 200), rng.integers(0, 30, 200),
+                                   rng.random(200))
+    data = data.subset(data.matrix.indices != -1)  # (same data; next line empties user 0)
+    data = data.subset(np.repeat(np.arange(data.n_users), np.diff(data.matrix.indptr)) != 0)
+    users = rng.normal(size=(data.n_users, 4)).astype(np.float32)
+    items = rng.normal(size=(data.n_items, 4)).astype(np.float32)
+    users /= np.maximum(1, np.linalg.norm(users, axis=1, keepdims=True))
+    items /= np.maximum(1, np.linalg.norm(items, axis=1, keepdims=True))
+    out = pull_to_latest(users, items, data.latest_weights(0.5), 0.3)
+    order, ip = data.time_order(), data.matrix.indptr
+    for u in range(data.n_users):
+        newest_first = data.matrix.indices[order[ip[u]:ip[u + 1]]][::-1]
+        if not len(newest_first):
+            assert np.array_equal(out[u], users[u])  # no history: unchanged
+            continue
+        w = 0.5 ** np.arange(len(newest_first))
+        c = (w[:, None] * items[newest_first]).sum(0) / w.sum()
+        np.testing.assert_allclose(out[u], 0.7 * users[u] + 0.3 * c, rtol=1e-5, atol=1e-6)
+    assert out.dtype == np.float32 and np.linalg.norm(out, axis=1).max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_trainer_pulls_users_after_training(backend):
+    from recsys_metric.evaluation import evaluate_ranking
+    from recsys_metric.model import pull_to_latest
+
+    rng = np.random.default_rng(7)
+    data = Interactions.from_pairs(rng.integers(0, 40, 600), rng.integers(0, 30, 600),
+                                   rng.random(600))
+    train, valid = leave_last_out(data)
+    cfg = {**FAST, "backend": backend, "seed": 1}
+    off = Trainer(TrainConfig(**cfg, recent_pull=0.0), show_progress=False).fit(train)
+    trainer = Trainer(TrainConfig(**cfg, recent_pull=0.4, pull_decay=0.3), show_progress=False)
+    on = trainer.fit(train, valid)
+    # the pull is applied after training: the items are the same tables, the users the formula
+    assert np.array_equal(on.item_embeddings, off.item_embeddings)
+    want = pull_to_latest(off.user_embeddings, off.item_embeddings, train.latest_weights(0.3), 0.4)
+    np.testing.assert_allclose(on.user_embeddings, want, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(on.user_embeddings, off.user_embeddings)
+    # validation scores the model as returned, pull included
+    m = evaluate_ranking(on, train.matrix, valid.matrix, k=10)
+    assert on.history[-1]["val_NDCG@10"] == pytest.approx(m["NDCG@10"], abs=1e-6)
+    # no timestamps (or a bare matrix): no time order to pull toward
+    frame = train.to_frame()
+    plain = Interactions.from_pairs(frame["user"], frame["item"], user_map=train.users,
+                                    item_map=train.items)
+    bare = Trainer(TrainConfig(**cfg, recent_share=0.0), show_progress=False)
+    assert np.array_equal(bare.fit(plain).user_embeddings, bare.fit(train.matrix).user_embeddings)
+    with pytest.raises(ValueError, match="recent_pull"):
+        TrainConfig(recent_pull=1.5).validate()
+    with pytest.raises(ValueError, match="pull_decay"):
+        TrainConfig(pull_decay=-0.1).validate()
+    assert (TrainConfig().recent_pull, TrainConfig().pull_decay) == (0.5, 0.5)
+
+
+def test_pull_brings_the_latest_taste_closer():
+    # four groups of 10 items; each user liked 6 items of an old group, then 6 of a new one:
+    # pulled toward the latest items, the new group's unseen items rank first
+    rng = np.random.default_rng(2)
+    users, items, ts, new_group = [], [], [], []
+    for u in range(160):
+        old, new = rng.choice(4, 2, replace=False)
+        new_group.append(new)
+        for t, i in enumerate(np.r_[10 * old + rng.choice(10, 6, replace=False),
+                                    10 * new + rng.choice(10, 6, replace=False)]):
+            users.append(u), items.append(i), ts.append(t)
+    data = Interactions.from_pairs(users, items, ts)
+    group = np.array([int(i) // 10 for i in data.items.ids])
+    new_group = np.array(new_group)[[int(u) for u in data.users.ids]]
+
+    def new_share(pull):
+        res = Trainer(TrainConfig(**{**FAST, "epochs": 10}, seed=0, recent_share=0.0,
+                                  recent_pull=pull), show_progress=False).fit(data)
+        s = res.score_users(np.arange(data.n_users))
+        s[data.matrix.nonzero()] = -np.inf
+        return (group[np.argsort(-s, axis=1)[:, :4]] == new_group[:, None]).mean()
+
+    assert new_share(0.5) > new_share(0.0) + 0.3  # measured: 0.96 vs 0.47
+
+
+def test_als_peer_can_pull_its_users_the_same_way():
+    from recsys_metric.baselines import ALS, make_baseline
+    from recsys_metric.model import pull_to_latest
+
+    rng = np.random.default_rng(8)
+    data = Interactions.from_pairs(rng.integers(0, 40, 500), rng.integers(0, 30, 500),
+                                   rng.random(500))
+    fit = {"factors": 8, "iterations": 3, "seed": 0, "num_threads": 1}
+    plain = make_baseline("als", **fit).fit(data)
+    pulled = make_baseline("als", **fit, recent_pull=0.9, pull_decay=0.5).fit(data)
+    assert np.array_equal(pulled.item_factors_, plain.item_factors_)
+    np.testing.assert_allclose(pulled.user_factors_, pull_to_latest(
+        plain.user_factors_, plain.item_factors_, data.latest_weights(0.5), 0.9), rtol=1e-6)
+    bare = make_baseline("als", **fit, recent_pull=0.9).fit(data.matrix)  # no time order
+    assert np.array_equal(bare.user_factors_, plain.user_factors_)
+    with pytest.raises(ValueError, match="recent_pull"):
+        ALS(recent_pull=2.0)
