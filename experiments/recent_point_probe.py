@@ -3,7 +3,7 @@ training, ``u <- (1 - b) u + b c``, ``c`` the mean of the user's history weighte
 (r = 0 the newest; ``TrainConfig.recent_pull`` = b, ``pull_decay``; ALS's same parameters).
 
     .venv/bin/python experiments/recent_point_probe.py [--model cml|als|als-weighted]
-        [--seeds 0 1 ... 9] [--decays 0.3 0.5 0.7] [--betas 0 0.3 0.4 0.5 0.6]
+        [--seeds 0 1 ... 9] [--decays 0.3 0.5 0.7] [--betas 0 0.3 0.4 0.5 0.6] [--transitions W]
 
 Validation split as in tune_defaults.py (each user's latest train item held out; the test part is
 never read). One fit per seed without the pull (CML: every other default; ALS: implicit's
@@ -39,12 +39,14 @@ class _Dot:
         return self.users[idx] @ self.items.T
 
 
-def tables(model: str, fit, seed: int):
+def tables(model: str, fit, seed: int, transitions: int | None):
     """(user rows, item rows, scorer class) of one fit without the pull."""
     if model == "cml":
-        r = Trainer(TrainConfig(seed=seed, recent_pull=0.0), show_progress=False).fit(fit)
+        cfg = {} if transitions is None else {"transitions": transitions}
+        r = Trainer(TrainConfig(seed=seed, recent_pull=0.0, **cfg), show_progress=False).fit(fit)
         return r.user_embeddings, r.item_embeddings, TrainResult
     extra = {"recent_share": 0.1, "recent_weight": 4.0} if model == "als-weighted" else {}
+    extra["transitions"] = transitions or 0
     b = make_baseline("als", seed=seed, recent_pull=0.0, **extra).fit(fit)
     return b.user_factors_, b.item_factors_, _Dot
 
@@ -56,6 +58,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     ap.add_argument("--decays", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     ap.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5, 0.6])
+    ap.add_argument("--transitions", type=int, default=None,
+                    help="context rows' window (CML: default TrainConfig's; ALS: default 0)")
     ap.add_argument("--datasets", nargs="+", default=["books", "ml-100k", "ml-latest-small"])
     a = ap.parse_args()
     splits = validation_interactions(a.datasets)
@@ -64,7 +68,7 @@ def main() -> None:
     for name, (fit, valid) in splits.items():
         weights = {d: fit.latest_weights(d) for d in a.decays}
         for s in a.seeds:
-            users, items, scorer = tables(a.model, fit, s)
+            users, items, scorer = tables(a.model, fit, s, a.transitions)
             for d, b in grid:
                 m = evaluate_ranking(scorer(pull_to_latest(users, items, weights[d], b), items),
                                      fit.matrix, valid.matrix, k=10)

@@ -171,7 +171,9 @@ class ALS(_ImplicitMF):
     get the value ``recent_weight`` instead of 1 (``experiments/results/defaults.md``, section 6).
     With ``recent_pull`` > 0 and timestamps, each user's factors move toward the
     ``pull_decay``-weighted mean of their latest items' factors after the fit, as CML's users do
-    (``TrainConfig.recent_pull``; ALS's best on validation is a larger pull, section 9).
+    (``TrainConfig.recent_pull``; ALS's best on validation is a larger pull, section 9). With
+    ``transitions`` > 0 and timestamps, each item also gets a context row fitted to the items
+    that followed it, as in CML (``TrainConfig.transitions``).
     """
 
     def __init__(
@@ -187,6 +189,7 @@ class ALS(_ImplicitMF):
         recent_weight: float = 1.0,
         recent_pull: float = 0.0,
         pull_decay: float = 0.5,
+        transitions: int = 0,
     ) -> None:
         if not 0 <= recent_share <= 1 or not recent_weight > 0:
             raise ValueError(f"ALS: recent_share must be in [0, 1] and recent_weight > 0, got "
@@ -205,20 +208,30 @@ class ALS(_ImplicitMF):
         self.recent_weight = recent_weight
         self.recent_pull = recent_pull
         self.pull_decay = pull_decay
+        if not isinstance(transitions, int | np.integer) or transitions < 0:
+            raise ValueError(f"ALS: transitions must be an integer >= 0, got {transitions!r}")
+        self.transitions = transitions
 
     def fit(self, train: sp.csr_matrix | Interactions) -> ALS:
-        super().fit(train)
-        if isinstance(train, Interactions) and self.recent_pull and train.timestamps is not None:
+        super().fit(train)  # with context rows after the users' when _values adds them
+        if not isinstance(train, Interactions):
+            return self
+        self.user_factors_ = self.user_factors_[:train.n_users]
+        self.n_users_ = train.n_users
+        if self.recent_pull and train.timestamps is not None:
             self.user_factors_ = pull_to_latest(self.user_factors_, self.item_factors_,
                                                 train.latest_weights(self.pull_decay),
                                                 self.recent_pull)
         return self
 
     def _values(self, train: sp.csr_matrix | Interactions) -> sp.csr_matrix:
-        if not isinstance(train, Interactions) or not self.recent_share:
+        if not isinstance(train, Interactions):
             return _check_train(train, "ALS")
         m = train.matrix.astype(np.float32, copy=True)  # sorted CSR, aligned with recency()
-        m.data[train.recency() >= 1 - self.recent_share] = np.float32(self.recent_weight)
+        if self.recent_share:
+            m.data[train.recency() >= 1 - self.recent_share] = np.float32(self.recent_weight)
+        if self.transitions and train.timestamps is not None:  # as TrainConfig.transitions
+            m = sp.vstack([m, train.transitions(self.transitions).matrix], format="csr")
         return m
 
     def _implicit_model(self) -> tuple[type, dict[str, Any]]:
@@ -277,12 +290,13 @@ class BPR(_ImplicitMF):
 
 
 BASELINES: dict[str, type[Baseline]] = {"popularity": Popularity, "als": ALS, "bpr": BPR}
-# Named settings of a baseline. "als-recency": implicit ALS given the time order CML uses, its
-# users pulled toward their latest items as CML's are, with ALS's own best pull on validation
-# (0.98, decay 0.5; a confidence on the latest pairs on top added nothing: defaults.md section
-# 9), so that a comparison shows how much of CML's lead is the time order.
+# Named settings of a baseline. "als-recency": implicit ALS given the time order CML uses: its
+# items' context rows (transitions 1) and its users pulled toward their latest items as CML's
+# are, with ALS's own best pull on validation (0.98, decay 0.5; a confidence on the latest pairs
+# on top added nothing: defaults.md sections 9 and 10), so that a comparison shows how much of
+# CML's lead is the time order.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "als-recency": ("als", {"recent_pull": 0.98, "pull_decay": 0.5}),
+    "als-recency": ("als", {"recent_pull": 0.98, "pull_decay": 0.5, "transitions": 1}),
 }
 
 

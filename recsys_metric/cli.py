@@ -22,7 +22,7 @@ TRAIN_FLAGS = {
     "lr": float, "optimizer": str, "clip_norm": float, "init_norm": float, "cov_weight": float,
     "seed": int, "device": str, "backend": str, "patience": int, "lanes": int,
     "average_last": int, "recent_share": float, "recent_visits": int, "recent_pull": float,
-    "pull_decay": float,
+    "pull_decay": float, "transitions": int,
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS "

@@ -181,6 +181,27 @@ class Interactions:
         out.has_sorted_indices = True
         return out
 
+    def transitions(self, window: int = 1) -> Interactions:
+        """What follows each item: interactions whose "users" are the items (same ids), item
+        ``j`` having liked every item that followed it within ``window`` steps of some user's
+        history, at the later item's timestamp (the latest occurrence of a repeated pair)."""
+        order = self.time_order()
+        users = np.repeat(np.arange(self.n_users), np.diff(self.matrix.indptr))[order]
+        seq = self.matrix.indices[order]
+        ts = np.zeros(self.nnz) if self.timestamps is None else self.timestamps[order]
+        prev, nxt, when, step = [], [], [], []
+        for w in range(1, window + 1):
+            same = users[w:] == users[:-w]
+            prev.append(seq[:-w][same])
+            nxt.append(seq[w:][same])
+            when.append(ts[w:][same])
+            step.append(np.flatnonzero(same) + w)  # the later item's place in time order
+        prev, nxt, when, step = (np.concatenate(x) if x else np.empty(0, np.int64)
+                                 for x in (prev, nxt, when, step))
+        by_time = np.lexsort((step, when))  # so that a repeated pair keeps its latest time
+        return Interactions._build(self.items, self.items, prev[by_time], nxt[by_time],
+                                   when[by_time], step[by_time], f"{self.source} (transitions)")
+
     def to_frame(self) -> pd.DataFrame:
         coo = self.matrix.tocoo()
         df = pd.DataFrame({"user": self.users.raw(coo.row), "item": self.items.raw(coo.col)})

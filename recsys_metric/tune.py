@@ -41,6 +41,7 @@ SPACES: dict[str, dict[str, Any]] = {
         "recent_visits": ("categorical", [2, 3, 4]),
         "recent_pull": ("categorical", [0.0, 0.3, 0.4, 0.5, 0.6]),
         "pull_decay": ("categorical", [0.3, 0.5, 0.7]),
+        "transitions": ("categorical", [0, 1, 2]),
     },
     "als": {
         "factors": ("categorical", [32, 64, 128, 256]),
@@ -53,6 +54,7 @@ SPACES: dict[str, dict[str, Any]] = {
         # and the pull toward the latest items (ALS's best pulls are larger than CML's)
         "recent_pull": ("categorical", [0.0, 0.9, 0.95, 0.98]),
         "pull_decay": ("categorical", [0.3, 0.5, 0.7]),
+        "transitions": ("categorical", [0, 1, 2]),
     },
     "bpr": {
         "factors": ("categorical", [32, 64, 128]),

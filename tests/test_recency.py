@@ -1,13 +1,14 @@
-"""Recency: each user's latest interactions (``recent_share`` of their history) are visited
-``recent_visits`` times per epoch, and after training each user's point is pulled toward their
-latest items (``recent_pull``, ``pull_decay``)."""
+"""Time order: each user's latest interactions (``recent_share`` of their history) are visited
+``recent_visits`` times per epoch, items' context rows learn what follows them
+(``transitions``), and after training each user's point is pulled toward their latest items
+(``recent_pull``, ``pull_decay``)."""
 
 import numpy as np
 import pytest
 
 from recsys_metric import Interactions, TrainConfig, Trainer, leave_last_out
 
-FAST = {"dim": 8, "epochs": 4, "batch_size": 64, "n_negatives": 5, "lr": 0.1}
+FAST = {"dim": 8, "epochs": 4, "batch_size": 64, "n_negatives": 5, "lr": 0.1, "transitions": 0}
 
 
 def test_recency_is_the_place_in_the_users_history():
@@ -127,7 +128,7 @@ def test_als_recency_is_a_named_peer(tmp_path):
     model = fit_model("als-recency", data, TrainConfig(), seed=0, params={"factors": 8})
     base, preset = PRESETS["als-recency"]
     assert base == "als" and {k: model.get_params()[k] for k in preset} == preset
-    assert preset == {"recent_pull": 0.98, "pull_decay": 0.5}
+    assert preset == {"recent_pull": 0.98, "pull_decay": 0.5, "transitions": 1}
     assert model.get_params()["factors"] == 8
     csv = tmp_path / "r.csv"
     rows = ["user,item,timestamp"] + [f"u{u},i{i},{t}" for t, (u, i) in enumerate(
@@ -259,3 +260,63 @@ def test_als_peer_can_pull_its_users_the_same_way():
     assert np.array_equal(bare.user_factors_, plain.user_factors_)
     with pytest.raises(ValueError, match="recent_pull"):
         ALS(recent_pull=2.0)
+
+
+def test_transitions_known_answers():
+    # u1: b (10) -> c (20) -> a (30); u2: b then a (a tie at 5, file order)
+    data = Interactions.from_pairs(["u1", "u1", "u1", "u2", "u2"], ["a", "b", "c", "b", "a"],
+                                   [30, 10, 20, 5, 5])
+    assert list(data.items.ids) == ["a", "b", "c"]
+    t1 = data.transitions(1)
+    np.testing.assert_array_equal(t1.matrix.toarray(), [[0, 0, 0], [1, 0, 1], [1, 0, 0]])
+    assert list(t1.users.ids) == list(t1.items.ids) == ["a", "b", "c"]
+    # at the later item's time: b -> a (u2, 5), b -> c (u1, 20), c -> a (u1, 30)
+    np.testing.assert_array_equal(t1.timestamps, [5, 20, 30])
+    # window 2 adds b -> a for u1 at 30, the latest time of that pair
+    t2 = data.transitions(2)
+    np.testing.assert_array_equal(t2.matrix.toarray(), t1.matrix.toarray())
+    np.testing.assert_array_equal(t2.timestamps, [30, 20, 30])
+    assert data.transitions(0).nnz == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_transitions_train_context_rows_on_the_stacked_matrix(backend):
+    import scipy.sparse as sp
+
+    from recsys_metric.baselines import make_baseline
+
+    rng = np.random.default_rng(9)
+    data = Interactions.from_pairs(rng.integers(0, 40, 600), rng.integers(0, 30, 600),
+                                   rng.random(600))
+    cfg = {**FAST, "backend": backend, "seed": 2, "recent_share": 0.0, "recent_pull": 0.0}
+    stacked = sp.vstack([data.matrix, data.transitions(2).matrix], format="csr")
+    trainer = Trainer(TrainConfig(**{**cfg, "transitions": 2}), show_progress=False)
+    on = trainer.fit(data)
+    assert trainer.n_pairs == stacked.nnz > data.nnz
+    ref = Trainer(TrainConfig(**cfg), show_progress=False).fit(stacked)
+    # one training on [users; contexts]; the model keeps the users' rows
+    assert np.array_equal(on.item_embeddings, ref.item_embeddings)
+    assert np.array_equal(on.user_embeddings, ref.user_embeddings[:data.n_users])
+    # the recency visits cover each context row's latest entries too
+    vis = Trainer(TrainConfig(**{**cfg, "transitions": 2, "recent_share": 0.5}),
+                  show_progress=False)
+    vis.fit(data)
+    latest = (data.recency() >= 0.5).sum() + (data.transitions(2).recency() >= 0.5).sum()
+    assert vis.n_pairs == stacked.nnz + 2 * latest  # recent_visits 3: two extra visits
+    # no timestamps: no time order, no context rows
+    frame = data.to_frame()
+    plain = Interactions.from_pairs(frame["user"], frame["item"], user_map=data.users,
+                                    item_map=data.items)
+    trainer.fit(plain)
+    assert trainer.n_pairs == data.nnz
+    with pytest.raises(ValueError, match="transitions"):
+        TrainConfig(transitions=-1).validate()
+    assert TrainConfig().transitions == 1
+    # the ALS peer, the same way
+    fit = {"factors": 8, "iterations": 3, "seed": 0, "num_threads": 1}
+    als = make_baseline("als", **fit, transitions=2).fit(data)
+    als_ref = make_baseline("als", **fit).fit(stacked)
+    np.testing.assert_allclose(als.item_factors_, als_ref.item_factors_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(als.user_factors_, als_ref.user_factors_[:data.n_users],
+                               rtol=1e-5, atol=1e-6)
+    assert als.score_users(np.arange(data.n_users)).shape == (data.n_users, data.n_items)

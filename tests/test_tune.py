@@ -55,7 +55,7 @@ def test_tune_baselines_same_budget_and_seeded():
     assert [t["params"] for t in als["trials"]] == [t["params"] for t in again["trials"]]
     assert set(als["config"]) == {"factors", "regularization", "alpha", "iterations",
                                   "recent_share", "recent_weight", "recent_pull",
-                                  "pull_decay"}
+                                  "pull_decay", "transitions"}
     assert 1e-3 <= als["config"]["regularization"] <= 1.0
     bpr = tune(board, "bpr", trials=3, seed=1, show_progress=False, metric="HR",
                space={"iterations": 5})
