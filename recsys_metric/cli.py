@@ -348,10 +348,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     model.save(out)
     print(f"   {model.fit_seconds_:.1f} s, saved to {out}\n")
+    order, ip = data.time_order(), data.matrix.indptr
     for user in data.users.ids[:3]:
-        liked = data.items.raw(data.matrix[data.users.index(user)].indices)
-        top = sorted({genres[i] for i in liked}, key=lambda g: -sum(genres[i] == g for i in liked))
-        print(f"== Top 10 for user {user} (reads mostly {', '.join(top[:3])}):")
+        u = data.users.index(user)
+        liked = data.items.raw(data.matrix.indices[order[ip[u]:ip[u + 1]]])  # oldest first
+        top = sorted({genres[i] for i in liked},
+                     key=lambda g: (-sum(genres[i] == g for i in liked), g))
+        latest = ", ".join(genres[i] for i in liked[-1:-4:-1])
+        # the model leans toward the latest reads (the recency visits and the pull)
+        print(f"== Top 10 for user {user} (reads mostly {', '.join(top[:3])}; "
+              f"latest: {latest}):")
         ids, scores = model.recommend(user, N=10)
         for r, (i, s) in enumerate(zip(ids, scores, strict=True), 1):
             print(f"{r:3d}. {model.item_name(i):<45} {genres[i]:<16} {s:+.3f}")
