@@ -125,3 +125,16 @@ def test_argparse_errors_exit_2():
     with pytest.raises(SystemExit) as e:
         main(["compare", "x", "--out", "d", "--n-boot", "0"])
     assert e.value.code == 2
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    from recsys_metric.recommender import Recommender
+
+    out = tmp_path / "books"
+    assert main(["demo", "--quiet", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("== Top 10 for user") == 3 and "latest:" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and "HR@10" not in line}
+    assert set(rows) == {"cml", "popularity", "als", "bpr"}
+    assert len(Recommender.load(out).recommend("u0001", N=10)[0]) == 10
