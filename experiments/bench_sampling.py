@@ -247,7 +247,7 @@ def main(argv=None) -> dict:
 
     # (model, threads, lanes, optimizer, block, dim): dim 64 (BPR with 64 factors): the
     # defaults (2 lanes, batch 4096), one lane, and lanes = threads with a larger block; dim 32
-    # (CML's default dim, BPR with 32 factors) at the default lanes and block
+    # (BPR with 32 factors) at the default lanes and block
     d = TrainConfig()
     runs = {}
     for th in [args.threads] + ([] if quick or args.threads == 1 else [1]):
@@ -265,11 +265,11 @@ def main(argv=None) -> dict:
                     runs[(f"cml_u{U}", th, lanes, opt, block, dim)] = (
                         lambda th=th, U=U, lanes=lanes, opt=opt, block=block, dim=dim: bench_cml(
                             indptr, indices, n_items, U, dim, epochs, th, lanes, opt, block))
-        if th == args.threads and not quick:  # every TrainConfig default: the automatic U, dim 32
+        if th == args.threads and not quick:  # every TrainConfig default: the automatic U, dim
             U = d.negatives_for(n_items)
-            runs[(f"cml_u{U}", th, d.lanes, d.optimizer, d.batch_size, 32)] = (
-                lambda th=th, U=U: bench_cml(indptr, indices, n_items, U, 32, epochs, th, d.lanes,
-                                             d.optimizer, d.batch_size))
+            runs[(f"cml_u{U}", th, d.lanes, d.optimizer, d.batch_size, d.dim)] = (
+                lambda th=th, U=U: bench_cml(indptr, indices, n_items, U, d.dim, epochs, th,
+                                             d.lanes, d.optimizer, d.batch_size))
     best: dict[tuple, dict] = {}
     for r in range(rounds):  # interleaved, so a burst of load on the shared machine hits all
         for k, (key, run) in enumerate(runs.items()):
@@ -320,8 +320,8 @@ def main(argv=None) -> dict:
         f"the default) or one accumulator per row (`adagrad_row`). BPR: implicit {iters} "
         f"iterations, factors = dim, lock-free threads. Ratio: to BPR at the same thread count "
         f"and dim. "
-        + ("" if quick else f"The U={d.negatives_for(n_items)} row at dim 32 is a Trainer with "
-           f"every default (its automatic U: 1% of the catalogue within [10, 100]). ")
+        + ("" if quick else f"The U={d.negatives_for(n_items)} row at dim {d.dim} is a Trainer "
+           f"with every default (its automatic U: 1% of the catalogue within [10, 100]). ")
         + "Epoch and sampling in wall ns per pair; sampling = `hardest_negatives` over "
         "the same pairs at the trained state (parallel, candidates from the whole catalogue), "
         "the rest of an epoch is mostly the updates.",
@@ -364,9 +364,9 @@ def main(argv=None) -> dict:
         "ratio": round(default["ratio"], 3),
         "U": 10,
         "dim": 64,
-        "trainer_defaults": ({"U": d.negatives_for(n_items), "dim": 32, "ratio": round(
-            headline[(d.negatives_for(n_items), d.lanes, d.optimizer, d.batch_size, 32)]["ratio"],
-            3)} if not quick else None),
+        "trainer_defaults": ({"U": d.negatives_for(n_items), "dim": d.dim, "ratio": round(
+            headline[(d.negatives_for(n_items), d.lanes, d.optimizer, d.batch_size, d.dim)][
+                "ratio"], 3)} if not quick else None),
         "fastest": {"lanes": fastest[0][1], "optimizer": fastest[0][2], "block": fastest[0][3],
                     "train_triplets_per_s": round(fastest[1]["train_triplets_per_s"]),
                     "ratio": round(fastest[1]["ratio"], 3)},
