@@ -242,13 +242,14 @@ class _TailMean:
 
 class Trainer:
     """Fits a :class:`CML` model to :class:`Interactions` (or a bare users x items CSR matrix of
-    positives, which has no time order for ``recent_share``).
+    positives, which has no time order: no recency visits, context rows or pull).
 
     ``callbacks`` are called after each epoch as ``cb(epoch, logs)``; returning True stops.
     With ``valid``, the logs hold ``val_NDCG@10`` and ``val_HR@10`` (early stopping uses the
     former), plus ``val_<key>`` for each :func:`~recsys_metric.evaluation.evaluate_ranking` key in
     ``valid_metrics`` (e.g. ``"Recall@20"``, ``"MRR"``), each scored on the model training would
-    return if it stopped there (the mean of the last ``average_last`` epochs' tables).
+    return if it stopped there (the mean of the last ``average_last`` epochs' tables, its users
+    pulled toward their latest items).
     """
 
     def __init__(self, config: TrainConfig | None = None, callbacks: Sequence[Callback] = (),
@@ -260,9 +261,11 @@ class Trainer:
 
     def fit(self, train: Interactions | sp.csr_matrix,
             valid: Interactions | sp.csr_matrix | None = None) -> TrainResult:
-        """Train on ``train`` (each user's ``recent_share`` latest pairs visited ``recent_visits``
-        times per epoch when it is :class:`Interactions`; a bare matrix has no time order: every
-        pair once)."""
+        """Train on ``train``. From :class:`Interactions`: each user's ``recent_share`` latest
+        pairs visited ``recent_visits`` times per epoch (by file order without timestamps); with
+        timestamps also the items' context rows (``transitions``) and, after training, the pull
+        of each user toward their latest items (``recent_pull``). A bare matrix: every pair
+        once, nothing else."""
         cfg = self.config
         again = None  # entries visited again in each epoch, once per extra visit
         pull = _no_pull
