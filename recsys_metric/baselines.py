@@ -4,9 +4,10 @@
 CPU models of `implicit <https://github.com/benfred/implicit>`_ 0.7 with its own default
 hyper-parameters; implicit is imported lazily inside ``fit`` so this module imports without it.
 ``fit`` takes a users x items matrix or :class:`~recsys_metric.data.Interactions`; from the
-latter ALS can use the time order CML uses, both off by default: a confidence on each user's
-latest interactions (``recent_share``, ``recent_weight``) and users pulled toward their latest
-items after the fit (``recent_pull``, ``pull_decay``). Every model can be evaluated by
+latter ALS can use the time order CML uses, all off by default: a confidence on each user's
+latest interactions (``recent_share``, ``recent_weight``), items' context rows
+(``transitions``) and users pulled toward their latest items after the fit (``recent_pull``,
+``pull_decay``). Every model can be evaluated by
 :func:`recsys_metric.evaluation.evaluate_ranking`.
 """
 
@@ -197,6 +198,8 @@ class ALS(_ImplicitMF):
         if not (0 <= recent_pull <= 1 and 0 <= pull_decay <= 1):
             raise ValueError(f"ALS: recent_pull and pull_decay must be in [0, 1], got "
                              f"{recent_pull!r} and {pull_decay!r}")
+        if not isinstance(transitions, int | np.integer) or transitions < 0:
+            raise ValueError(f"ALS: transitions must be an integer >= 0, got {transitions!r}")
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -208,8 +211,6 @@ class ALS(_ImplicitMF):
         self.recent_weight = recent_weight
         self.recent_pull = recent_pull
         self.pull_decay = pull_decay
-        if not isinstance(transitions, int | np.integer) or transitions < 0:
-            raise ValueError(f"ALS: transitions must be an integer >= 0, got {transitions!r}")
         self.transitions = transitions
 
     def fit(self, train: sp.csr_matrix | Interactions) -> ALS:

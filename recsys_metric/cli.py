@@ -26,7 +26,8 @@ TRAIN_FLAGS = {
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS "
-               "given the time order CML uses: users pulled toward their latest items); "
+               "given the time order CML uses: context rows, users pulled toward their latest "
+               "items); "
                "default %(default)s")
 
 
