@@ -169,6 +169,9 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{model.fit_seconds_:.1f} s [{model.training_loop_}], final loss "
           f"{last.get('loss', float('nan')):.4f}; index {model.index_kind_} "
           f"(recall@10 {model.index_recall_:.3f}); saved to {args.out}")
+    if data.timestamps is None and (config.transitions or config.recent_pull):
+        print(f"note: {data.source} has no timestamps, so the context rows and the pull toward "
+              "each user's latest items were off (the recency visits took the file order)")
     return 0
 
 

@@ -138,3 +138,15 @@ def test_demo_end_to_end(tmp_path, capsys):
             if line.startswith("| ") and "HR@10" not in line}
     assert set(rows) == {"cml", "popularity", "als", "bpr"}
     assert len(Recommender.load(out).recommend("u0001", N=10)[0]) == 10
+
+
+def test_train_says_when_the_time_order_is_missing(tmp_path, csv_path, capsys):
+    ratings, _ = csv_path  # user_id,item_id,rating: no timestamps
+    assert main(["train", str(ratings), "--out", str(tmp_path / "m1"), *TRAIN]) == 0
+    assert "no timestamps" in capsys.readouterr().out
+    timed = tmp_path / "timed.csv"
+    lines = ratings.read_text().splitlines()
+    timed.write_text("\n".join([lines[0] + ",timestamp"]
+                               + [f"{row},{t}" for t, row in enumerate(lines[1:])]) + "\n")
+    assert main(["train", str(timed), "--out", str(tmp_path / "m2"), *TRAIN]) == 0
+    assert "no timestamps" not in capsys.readouterr().out
