@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .data import read_item_names, read_ratings
-from .train import TrainConfig
+from .train import TIME_BLIND, TrainConfig
 
 # Flags that map one-to-one onto TrainConfig fields.
 TRAIN_FLAGS = {
@@ -58,6 +58,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for name, typ in TRAIN_FLAGS.items():
         g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name)
     g.add_argument("--no-rank-weight", action="store_true", help="plain hinge, no WARP weight")
+    g.add_argument("--time-blind", action="store_true",
+                   help="no recency visits, context rows or pull: for a task other than the "
+                        "next item (e.g. --protocol random)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -74,10 +77,20 @@ def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields")
         values.update(loaded)
+    if args.time_blind:
+        values.update(TIME_BLIND)
     values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     if args.no_rank_weight:
         values["rank_weight"] = False
     return TrainConfig.from_dict(values) if values else TrainConfig().validate()
+
+
+def _note_time_order(args: argparse.Namespace, models, config: TrainConfig) -> None:
+    """A random holdout is not a next-item task: say that CML's time order then works against it."""
+    uses_time = config.recent_share > 0 or config.transitions > 0 or config.recent_pull > 0
+    if getattr(args, "protocol", None) == "random" and "cml" in models and uses_time:
+        print("note: CML's defaults use the time order to predict each user's next item; a random "
+              "holdout hides items from anywhere in a history: --time-blind turns that off")
 
 
 def _read(args: argparse.Namespace):
@@ -243,6 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(_split_line(args, result))
     print(format_table(result))
     _print_extras(result)
+    _note_time_order(args, models, config)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(json_ready(result), indent=2))
@@ -280,6 +294,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     k = main_k(result["k"])
     print(_split_line(args, result))
     print(markdown_tables(result, [k]))
+    _note_time_order(args, models, config)
     _print_extras(result)
     paired = paired_table(result, [k])
     if paired:
@@ -295,7 +310,9 @@ def _tune_space(args: argparse.Namespace) -> dict:
     """CML search-space overrides: a tuned parameter given as a flag is fixed to its value."""
     from .tune import SPACES
 
-    return {k: getattr(args, k) for k in SPACES["cml"] if getattr(args, k, None) is not None}
+    fixed = dict(TIME_BLIND) if getattr(args, "time_blind", False) else {}
+    fixed.update({k: getattr(args, k) for k in SPACES["cml"] if getattr(args, k, None) is not None})
+    return {k: v for k, v in fixed.items() if k in SPACES["cml"]}
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -150,3 +150,31 @@ def test_train_says_when_the_time_order_is_missing(tmp_path, csv_path, capsys):
     assert untimed.read_text().startswith("user_id,item_id\n")
     assert main(["train", str(untimed), "--out", str(tmp_path / "m2"), *TRAIN]) == 0
     assert "no timestamps" in capsys.readouterr().out
+
+
+def test_time_blind_switches_the_time_order_off(csv_path, capsys):
+    import argparse
+
+    from recsys_metric.cli import _config, _tune_space
+    from recsys_metric.train import TIME_BLIND
+
+    ratings, _ = csv_path
+    base = ["evaluate", str(ratings), "--protocol", "random", "--models", "cml,popularity",
+            *TRAIN]
+    assert main(base) == 0
+    assert "--time-blind" in capsys.readouterr().out  # the note: a random holdout is no next item
+    assert main([*base, "--time-blind"]) == 0
+    assert "--time-blind" not in capsys.readouterr().out
+    # the config: the three off, though a flag still wins; tune keeps them fixed
+    args = argparse.Namespace(config=None, time_blind=True, no_rank_weight=False,
+                              **{k: None for k in ("dim", "margin", "n_negatives", "epochs",
+                                                   "batch_size", "lr", "optimizer", "clip_norm",
+                                                   "init_norm", "cov_weight", "seed", "device",
+                                                   "backend", "patience", "lanes",
+                                                   "average_last", "recent_share",
+                                                   "recent_visits", "recent_pull", "pull_decay",
+                                                   "transitions")})
+    assert {k: getattr(_config(args), k) for k in TIME_BLIND} == TIME_BLIND
+    args.recent_pull = 0.3
+    assert _config(args).recent_pull == 0.3 and _config(args).transitions == 0
+    assert _tune_space(args) == {**TIME_BLIND, "recent_pull": 0.3}
