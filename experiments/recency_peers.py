@@ -5,7 +5,8 @@
 CML's ``recent_share`` / ``recent_visits`` visit each user's latest interactions more often. The
 fair question is whether that is CML's edge or the time order's: here implicit ALS (its defaults
 otherwise) gets the same information as a confidence weight, the matrix entry of each user's
-latest q (same rank rule as ``Interactions.recency``) set to w instead of 1. implicit's BPR
+latest q (same rank rule as ``Interactions.recency``) set to w instead of 1
+(``ALS(recent_share=q, recent_weight=w)``). implicit's BPR
 ignores the matrix values (checked: identical factors for weighted and unweighted input), so it
 cannot take it this way. Validation splits as in tune_defaults.py (the test part is never read);
 NDCG@10 / HR@10, mean over ALS seeds. Last line: one JSON object.
@@ -39,10 +40,8 @@ def main() -> None:
     for q, w in ARMS:
         row: dict = {"share": q, "weight": w}
         for name, (fit, valid) in splits.items():
-            m = fit.matrix.astype(np.float32, copy=True)
-            m.data = np.where(fit.recency() >= 1 - q, w, 1.0).astype(np.float32) if q else m.data
-            ms = [evaluate_ranking(make_baseline("als", seed=s).fit(m), fit.matrix, valid.matrix,
-                                   k=10) for s in a.seeds]
+            ms = [evaluate_ranking(make_baseline("als", seed=s, recent_share=q, recent_weight=w)
+                                   .fit(fit), fit.matrix, valid.matrix, k=10) for s in a.seeds]
             row[name] = {k: float(np.mean([x[k] for x in ms])) for k in ("NDCG@10", "HR@10")}
         rows.append(row)
         print(f"| {q} | {w:g} | " + " | ".join(

@@ -312,7 +312,7 @@ def _tune_space(args: argparse.Namespace) -> dict:
 
     fixed = dict(TIME_BLIND) if getattr(args, "time_blind", False) else {}
     fixed.update({k: getattr(args, k) for k in SPACES["cml"] if getattr(args, k, None) is not None})
-    return {k: v for k, v in fixed.items() if k in SPACES["cml"]}
+    return fixed
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
