@@ -12,10 +12,11 @@ __version__ = "0.1.0"
 from .data import IdMap, Interactions, UnknownIdError, read_item_names, read_ratings  # noqa: E402
 from .recommender import Recommender  # noqa: E402
 from .split import leave_last_out, random_holdout, temporal  # noqa: E402
-from .train import TIME_BLIND, TrainConfig, Trainer  # noqa: E402
+from .train import TIME_BLIND, TimeOrderWarning, TrainConfig, Trainer  # noqa: E402
 
 __all__ = [
-    "TIME_BLIND", "IdMap", "Interactions", "Recommender", "TrainConfig", "Trainer",
+    "TIME_BLIND", "IdMap", "Interactions", "Recommender", "TimeOrderWarning", "TrainConfig",
+    "Trainer",
     "UnknownIdError", "__version__", "leave_last_out", "random_holdout", "read_item_names",
     "read_ratings", "temporal",
 ]

@@ -11,10 +11,11 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from .data import read_item_names, read_ratings
-from .train import TIME_BLIND, TrainConfig
+from .train import TIME_BLIND, TimeOrderWarning, TrainConfig
 
 # Flags that map one-to-one onto TrainConfig fields.
 TRAIN_FLAGS = {
@@ -490,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command, for reports
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TimeOrderWarning)  # `train` prints its own note
+            return args.func(args)
     except (ValueError, OSError) as e:  # user mistakes: one line, exit 2
         print(f"recsys-metric: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .data import IdMap, Interactions
 from .index import AnnoyIndex, ExactIndex, resolve_index
 from .model import pairwise_squared_distance
 from .split import validation_split
-from .train import TrainConfig, Trainer
+from .train import TimeOrderWarning, TrainConfig, Trainer
 
 FORMAT = 1
 
@@ -51,6 +52,12 @@ class Recommender:
         then the model is refit on all of ``interactions`` for that many epochs."""
         cfg = self.config.validate()
         resolve_index(self.index, interactions.n_items)
+        if interactions.timestamps is None and (cfg.transitions or cfg.recent_pull):
+            warnings.warn(
+                f"{interactions.source} has no timestamps: the items' context rows and the pull "
+                "toward each user's latest items are off, and the recency visits take the file "
+                "order. TrainConfig(**TIME_BLIND) trains without the time order and silences this.",
+                TimeOrderWarning, stacklevel=2)
         t0 = time.perf_counter()
         train = interactions.matrix
         if cfg.patience and valid is None:

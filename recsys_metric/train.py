@@ -136,6 +136,10 @@ class TrainConfig:
 TIME_BLIND = {"recent_share": 0.0, "transitions": 0, "recent_pull": 0.0}
 
 
+class TimeOrderWarning(UserWarning):
+    """The config uses the log's time order, but the interactions have no timestamps."""
+
+
 @dataclass
 class TrainResult:
     user_embeddings: np.ndarray

@@ -1,9 +1,11 @@
 """The CLI end to end on a temporary CSV, and every kind of user mistake: exit 2, one line."""
 
 import json
+import warnings
 
 import pytest
 
+from recsys_metric import TimeOrderWarning
 from recsys_metric.cli import main
 
 from .conftest import checkerboard
@@ -148,8 +150,11 @@ def test_train_says_when_the_time_order_is_missing(tmp_path, csv_path, capsys):
     untimed.write_text("".join(line.rsplit(",", 2)[0] + "\n"
                                for line in ratings.read_text().splitlines()))
     assert untimed.read_text().startswith("user_id,item_id\n")
-    assert main(["train", str(untimed), "--out", str(tmp_path / "m2"), *TRAIN]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", str(untimed), "--out", str(tmp_path / "m2"), *TRAIN]) == 0
     assert "no timestamps" in capsys.readouterr().out
+    assert not [w for w in caught if w.category is TimeOrderWarning]  # a note, not a warning
 
 
 def test_time_blind_switches_the_time_order_off(csv_path, capsys):

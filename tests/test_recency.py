@@ -320,3 +320,22 @@ def test_transitions_train_context_rows_on_the_stacked_matrix(backend):
     np.testing.assert_allclose(als.user_factors_, als_ref.user_factors_[:data.n_users],
                                rtol=1e-5, atol=1e-6)
     assert als.score_users(np.arange(data.n_users)).shape == (data.n_users, data.n_items)
+
+
+def test_recommender_warns_when_the_time_order_is_missing():
+    import warnings
+
+    from recsys_metric import TIME_BLIND, Recommender, TimeOrderWarning
+
+    rng = np.random.default_rng(3)
+    u, i = rng.integers(0, 30, 400), rng.integers(0, 25, 400)
+    timed = Interactions.from_pairs(u, i, rng.random(400), source="log.csv")
+    untimed = Interactions.from_pairs(u, i, source="log.csv")
+    fast = {**FAST, "epochs": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TimeOrderWarning)
+        Recommender(TrainConfig(**fast), index="exact").fit(timed, show_progress=False)
+        Recommender(TrainConfig(**{**fast, **TIME_BLIND}), index="exact").fit(untimed,
+                                                                          show_progress=False)
+    with pytest.warns(TimeOrderWarning, match="log.csv has no timestamps"):
+        Recommender(TrainConfig(**fast), index="exact").fit(untimed, show_progress=False)
