@@ -328,7 +328,7 @@ def test_blocks_of_one_pair_are_the_sequential_loop(threads, rowwise):
 
 
 @pytest.mark.parametrize("deg", [0, 12, 27])  # rejection only ... mostly the rank map
-def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg):
+def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg, monkeypatch):
     n_items, lanes = 60, 2
     rng = np.random.default_rng(deg)
     pos = rng.choice(n_items, deg, replace=False)
@@ -341,6 +341,10 @@ def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg):
                                        lanes=lanes)
     assert got.shape == (4000, 20) and (got >= 0).all()
     assert (stratum_of[got] == stratum_of[pi][:, None]).all()  # the positive's stratum
+    with monkeypatch.context() as m:  # the stratum bit-set only changes the speed
+        m.setattr(cpu, "BITSET_BUDGET_BYTES", -1)
+        assert np.array_equal(got, strata.stratum_candidates(indptr, indices, pu, pi, n_items, 20,
+                                                             seed=3, epoch=1, lanes=lanes))
     for s in range(lanes):
         counts = np.bincount(got[stratum_of[pi] == s].ravel(), minlength=n_items)
         free = np.setdiff1d(items[ptr[s]:ptr[s + 1]], pos)

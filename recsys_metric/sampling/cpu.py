@@ -165,12 +165,13 @@ def _score_sampled(indptr, indices, bits, user_emb, item_emb, u, p, n_cand, marg
 
 
 @njit(inline="always")
-def _prefetch_pair(bits, user_emb, item_emb, u, p):
-    """Start loading the rows the next pair's scoring reads first (~10% faster sampling)."""
+def _prefetch_pair(bits, row, user_emb, item_emb, u, p):
+    """Start loading the rows the next pair's scoring reads first (~10% faster sampling):
+    ``row`` of the bit-set, ``u`` of the users, ``p`` of the items."""
     _prefetch_row(user_emb, u)
     _prefetch_row(item_emb, p)
     if bits.shape[0] > 0:
-        _prefetch_row(bits, u)
+        _prefetch_row(bits, row)
 
 
 @njit(**_PAR)
@@ -190,7 +191,7 @@ def _hardest_sampled_kernel(indptr, indices, bits, users, pos, user_emb, item_em
     viol = np.empty(B, dtype=np.int32)
     for b in prange(B):
         if b + 1 < B:
-            _prefetch_pair(bits, user_emb, item_emb, users[b + 1], pos[b + 1])
+            _prefetch_pair(bits, users[b + 1], user_emb, item_emb, users[b + 1], pos[b + 1])
         neg[b], viol[b] = _score_sampled(indptr, indices, bits, user_emb, item_emb, users[b],
                                          pos[b], n_cand, margin, key, np.uint64(b * n_cand))
     return neg, viol
@@ -218,10 +219,15 @@ def _bits(ip: np.ndarray, ix: np.ndarray, n_items: int, n_draws: int) -> np.ndar
 
     Only a speed-up: the draws are the same with or without it (see ``_draw``).
     """
-    nbytes = (len(ip) - 1) * ((n_items + 63) // 64) * 8
-    if nbytes <= BITSET_BUDGET_BYTES and 4 * n_draws >= len(ix) + nbytes // 8:
+    if _bits_pay(len(ip) - 1, (n_items + 63) // 64, len(ix), n_draws):
         return _build_bits(ip, ix, np.int64(n_items))
     return np.zeros((0, 1), dtype=np.uint64)
+
+
+def _bits_pay(rows: int, words: int, nnz: int, n_draws: int) -> bool:
+    """A ``rows x words`` bit-set of ``nnz`` positives fits the budget and the draws amortise it."""
+    nbytes = rows * words * 8
+    return nbytes <= BITSET_BUDGET_BYTES and 4 * n_draws >= nnz + nbytes // 8
 
 
 def _check_catalogue(n_items: int) -> None:

@@ -47,7 +47,7 @@ from ._numba_ops import (
     prange,
 )
 from .cpu import _bits, _check_catalogue, _check_ids, _prefetch_pair, _score_sampled, _sqdist
-from .strata import _score_stratum, plan_epoch
+from .strata import _score_stratum, plan_epoch, stratum_bits
 
 _PREFETCH = 2  # pairs ahead whose rows the updates prefetch
 _CHUNK = 64  # pairs per claim in the scoring phase
@@ -141,11 +141,14 @@ def _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo, hi
                  item_emb, n_cand, margin, key, items, item_ptr, sptr, spos, s, neg, viol):
     """(a) Hardest negative and violator count of the pairs ``lo:hi``, into ``neg[k - lo]`` /
     ``viol[k - lo]``, against the tables as they are (the block start); candidates from the
-    whole catalogue with one lane, else from stratum ``s``."""
+    whole catalogue with one lane (``bits`` by user), else from stratum ``s`` (``bits`` by user
+    and stratum)."""
     L = item_ptr.shape[0] - 1
     for k in range(lo, hi):
         if k + 1 < hi:
-            _prefetch_pair(bits, user_emb, item_emb, pair_users[k + 1], pair_items[k + 1])
+            un = pair_users[k + 1]
+            _prefetch_pair(bits, un if L == 1 else un * L + s, user_emb, item_emb, un,
+                           pair_items[k + 1])
         u = pair_users[k]
         ctr0 = np.uint64(pair_pos[k]) * np.uint64(n_cand)
         if L == 1:
@@ -154,8 +157,8 @@ def _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo, hi
                 ctr0)
         else:
             neg[k - lo], viol[k - lo] = _score_stratum(
-                indptr, indices, bits, user_emb, item_emb, u, pair_items[k], n_cand, margin, key,
-                ctr0, items, item_ptr[s], item_ptr[s + 1], sptr, spos, s)
+                bits, user_emb, item_emb, u, pair_items[k], n_cand, margin, key, ctr0, items,
+                item_ptr[s], item_ptr[s + 1], sptr, spos, s)
 
 
 # Full fastmath here only: it turns the Adagrad division into a refined reciprocal (Adagrad row
@@ -364,9 +367,12 @@ def train_epoch(
     _check_ids("pair_users", pu, user_emb.shape[0])
     _check_ids("pair_items", pi, n_items)
     _check_ids("indices", ix, n_items)
-    bits = _bits(ip, ix, n_items, len(pu) * n_candidates)
     key = _stream_key(seed, epoch)
     plan = plan_epoch(ip, ix, pu, pi, user_emb.shape[0], n_items, lanes, key, bool(shuffle))
+    _, _, _, _, _, item_ptr, sptr, spos = plan
+    n_draws = len(pu) * n_candidates
+    bits = (_bits(ip, ix, n_items, n_draws) if len(item_ptr) == 2
+            else stratum_bits(sptr, spos, item_ptr, n_draws))
     loss, active = _train_kernel(
         ip, ix, bits, *plan, user_emb, user_acc,
         item_emb, item_acc, np.int64(n_candidates), np.float32(margin), np.float32(lr),
