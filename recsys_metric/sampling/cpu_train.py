@@ -165,9 +165,10 @@ def _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo, hi
                 item_ptr[s], item_ptr[s + 1], sptr, spos, s)
 
 
-# Full fastmath here only: it turns the Adagrad division into a refined reciprocal (Adagrad row
-# 24 -> 15 ns); embeddings are finite in any sane run. The scoring keeps inf semantics (and
-# measured 25% slower when compiled under full fastmath).
+# Full fastmath here only: it lets LLVM turn the Adagrad step's divisions and square roots into
+# approximate reciprocals refined by a Newton step (Adagrad row 24 -> 15 ns); embeddings are
+# finite in any sane run. The scoring keeps inf semantics (and measured 25% slower when compiled
+# under full fastmath).
 # _nrt=False: no reference counting in here (nothing is allocated). When _step was its own
 # function, each call increfed and decrefed the five arrays it was passed: ten atomic operations
 # per pair on counters both threads write. Without them two threads ran 9% faster (same tables).
@@ -374,6 +375,7 @@ def train_epoch(
     key = _stream_key(seed, epoch)
     plan = plan_epoch(ip, ix, pu, pi, user_emb.shape[0], n_items, lanes, key, bool(shuffle))
     _, _, _, _, _, item_ptr, sptr, spos = plan
+    # the positives bit-set: by user with one lane (whole catalogue), else by user and stratum
     n_draws = len(pu) * n_candidates
     bits = (_bits(ip, ix, n_items, n_draws) if len(item_ptr) == 2
             else stratum_bits(sptr, spos, item_ptr, n_draws))
