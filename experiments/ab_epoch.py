@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sampling import ROOT, load_matrix  # noqa: E402
+from bench_sampling import ROOT, aligned, load_matrix  # noqa: E402
 
 from recsys_metric import TrainConfig  # noqa: E402
 
@@ -51,14 +51,6 @@ def snapshot(rev: str, dest: Path) -> None:
             text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"], check=True,
                                   capture_output=True, text=True).stdout
             (dest / f"{m}.py").write_text(text)
-
-
-def aligned(x: np.ndarray) -> np.ndarray:
-    buf = np.empty(x.nbytes + 64, np.uint8)
-    off = -buf.ctypes.data % 64
-    out = buf[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
-    out[:] = x
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

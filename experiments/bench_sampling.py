@@ -154,6 +154,15 @@ def bench_sampler(path: str, configs, B: int, threads: int) -> list[dict]:
 # ------------------------------------------------------------------------------ (b) training
 
 
+def aligned(x: np.ndarray) -> np.ndarray:
+    """A 64-byte aligned copy, as the Trainer's torch tables: a row of 64 floats is 4 lines."""
+    buf = np.empty(x.nbytes + 64, np.uint8)
+    off = -buf.ctypes.data % 64
+    out = buf[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[:] = x
+    return out
+
+
 def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, lanes, optimizer, block,
               seed=0) -> dict:
     import numba
@@ -165,13 +174,6 @@ def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, lanes, optimize
     n_users = len(indptr) - 1
     pu = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(indptr))
     pi = indices.astype(np.int32)
-
-    def aligned(x):  # 64-byte aligned, as the Trainer's torch tables: a row is 4 whole lines
-        buf = np.empty(x.nbytes + 64, np.uint8)
-        off = -buf.ctypes.data % 64
-        out = buf[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
-        out[:] = x
-        return out
 
     def init(n):  # CML init: N(0, 1/dim), rows clipped to the unit ball
         x = rng.standard_normal((n, dim)).astype(np.float32) / np.float32(dim**0.5)
