@@ -374,7 +374,7 @@ def train_epoch(
     _check_ids("indices", ix, n_items)
     key = _stream_key(seed, epoch)
     plan = plan_epoch(ip, ix, pu, pi, user_emb.shape[0], n_items, lanes, key, bool(shuffle))
-    _, _, _, _, _, item_ptr, sptr, spos = plan
+    item_ptr, sptr, spos = plan[5:]
     # the positives bit-set: by user with one lane (whole catalogue), else by user and stratum
     n_draws = len(pu) * n_candidates
     bits = (_bits(ip, ix, n_items, n_draws) if len(item_ptr) == 2
