@@ -14,7 +14,8 @@ change meant to leave the model alone should say True).
 Data: the bench's matrix (``bench_sampling.load_matrix``), U = 10, dim 64, TrainConfig's margin,
 lr, rank weight and clip, two lanes, blocks of 4096, the kernel's shuffle; tables 64-byte aligned
 as the Trainer's. The first epoch of each version (compilation or cache load, and the largest
-updates) is not timed. Numba caches each copy under the temporary folder, so every run compiles
+updates) is not timed. A version with ``prepare_pairs`` prepares the pairs once, untimed, and
+runs its epochs with ``run_epoch``, as the Trainer does; older versions time ``train_epoch``. Numba caches each copy under the temporary folder, so every run compiles
 afresh (about a minute per version).
 """
 
@@ -83,19 +84,26 @@ def main(argv: list[str] | None = None) -> None:
         for k, rev in enumerate(a.revs):
             name = f"ab_v{k}"
             snapshot(rev, Path(tmp) / name)
-            versions[rev] = importlib.import_module(f"{name}.cpu_train")
+            mod = importlib.import_module(f"{name}.cpu_train")
+            if hasattr(mod, "prepare_pairs"):  # prepared once per fit, as the Trainer does
+                pairs = mod.prepare_pairs(indptr, indices, pu, pi, n_users, n_items)
+                versions[rev] = lambda e, t, mod=mod, pairs=pairs: mod.run_epoch(
+                    pairs, *t, epoch=e, **hp)
+            else:
+                versions[rev] = lambda e, t, mod=mod: mod.train_epoch(
+                    indptr, indices, pu, pi, *t, epoch=e, **hp)
             tables[rev] = [aligned(ue0), aligned(ie0), aligned(np.zeros_like(ue0)),
                            aligned(np.zeros_like(ie0))]
             print(f"compiling {rev} ...", file=sys.stderr, flush=True)
-            versions[rev].train_epoch(indptr, indices, pu, pi, *tables[rev], epoch=0, **hp)
+            versions[rev](0, tables[rev])
         times = {(rev, t): [] for rev in a.revs for t in a.threads}
         epoch = 1
         for _ in range(a.rounds):
             for t in a.threads:
                 numba.set_num_threads(t)
-                for rev, mod in versions.items():
+                for rev, run in versions.items():
                     t0 = time.perf_counter()
-                    mod.train_epoch(indptr, indices, pu, pi, *tables[rev], epoch=epoch, **hp)
+                    run(epoch, tables[rev])
                     times[(rev, t)].append(1e9 * (time.perf_counter() - t0) / len(pu))
                 epoch += 1
     print(f"{desc}; U={a.U}, dim {a.dim}, {a.rounds} rounds\n")

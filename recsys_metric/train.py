@@ -4,7 +4,7 @@ Two loops with the same semantics (loss, sampler, clipping, Adagrad):
 
 - the torch loop, on any device: per batch the sampler picks negatives under ``no_grad`` (the fused
   Triton kernel on CUDA), autograd computes the batch loss, a sparse Adagrad step updates the rows;
-- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu_train.train_epoch`): per batch,
+- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu_train.run_epoch`): per batch,
   negatives are drawn against the batch-start tables, then the triplets are applied one by one,
   in ``lanes`` parallel streams over disjoint users and, at each batch, disjoint random item
   strata (the negatives from the positive's stratum); the same seed and lanes give the same
@@ -384,21 +384,21 @@ class Trainer:
         from .sampling import cpu_train
 
         cfg = self.config
-        pair_users, pair_items = self._pairs(train)
-        indptr, indices = train.indptr.astype(np.int64), train.indices.astype(np.int32)
         # numpy views share memory with the torch tables: the kernel updates them in place.
         user_emb, item_emb = model.users.weight.data.numpy(), model.items.weight.data.numpy()
+        pairs = cpu_train.prepare_pairs(train.indptr, train.indices, *self._pairs(train),
+                                        user_emb.shape[0], item_emb.shape[0])  # once per fit
         cols = 1 if cfg.optimizer == "adagrad_row" else cfg.dim  # [n, 1]: row-wise Adagrad
         user_acc = np.zeros((user_emb.shape[0], cols), np.float32)
         item_acc = np.zeros((item_emb.shape[0], cols), np.float32)
 
         def run(epoch: int) -> tuple[float, int]:  # the kernel shuffles the pairs itself
-            loss_sum, active = cpu_train.train_epoch(
-                indptr, indices, pair_users, pair_items, user_emb, item_emb, user_acc, item_acc,
-                n_candidates=self.n_negatives, margin=cfg.margin, lr=cfg.lr,
-                rank_weight=cfg.rank_weight, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch,
-                lanes=cfg.lanes, block_size=cfg.batch_size, shuffle=True)
-            return loss_sum / len(pair_users), int(active)
+            loss_sum, active = cpu_train.run_epoch(
+                pairs, user_emb, item_emb, user_acc, item_acc, n_candidates=self.n_negatives,
+                margin=cfg.margin, lr=cfg.lr, rank_weight=cfg.rank_weight,
+                clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch, lanes=cfg.lanes,
+                block_size=cfg.batch_size, shuffle=True)
+            return loss_sum / len(pairs), int(active)
 
         return run
 

@@ -238,9 +238,12 @@ def slow_strata_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch
     else:
         cands = torch.from_numpy(strata.stratum_candidates(
             indptr, indices, pu, pi, ie.shape[0], U, seed=seed, epoch=epoch, lanes=L))
-        items, ptr, stratum_of = strata._strata(np.int64(ie.shape[0]), np.int64(L), key, pi)
-    users, _, pos, bptr = strata._bucket_order(pu, pi, np.int64(len(ue)), stratum_of,
-                                                  np.int64(L), key, shuffle)
+        items, ptr, stratum_of = strata._strata(np.int64(ie.shape[0]), np.int64(L), key,
+                                                item_pairs(pi, ie.shape[0]))
+    pairs = strata.prepare_pairs(indptr, indices, pu, pi, len(ue), ie.shape[0])
+    pos = np.empty(len(pu), np.int32)
+    bptr = strata._visit_order(pairs.pairs, strata._lanes(pairs.user_ptr, L), stratum_of,
+                               np.int64(L), key, shuffle, pos)
     lane_of = np.empty(len(pu), np.int64)  # lane of each pair
     lane_of[pos] = np.repeat(np.arange(L * L) // L, np.diff(bptr))
     assert (np.diff(lane_of[np.argsort(pu, kind="stable")]) >= 0).all()  # user ranges
@@ -271,6 +274,10 @@ def slow_strata_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch
             if out is not None:
                 loss, active = loss + out, active + 1
     return loss, active
+
+
+def item_pairs(pi, n_items):
+    return np.bincount(pi, minlength=n_items).astype(np.int64)
 
 
 def accumulators(ue, ie, rowwise):
@@ -336,7 +343,8 @@ def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg, monkeypa
     pu = np.zeros(4000, np.int32)
     pi = rng.integers(0, n_items, 4000).astype(np.int32)
     key = strata._stream_key(3, 1)
-    items, ptr, stratum_of = strata._strata(np.int64(n_items), np.int64(lanes), key, pi)
+    items, ptr, stratum_of = strata._strata(np.int64(n_items), np.int64(lanes), key,
+                                            item_pairs(pi, n_items))
     got = strata.stratum_candidates(indptr, indices, pu, pi, n_items, 20, seed=3, epoch=1,
                                        lanes=lanes)
     assert got.shape == (4000, 20) and (got >= 0).all()
@@ -357,6 +365,43 @@ def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg, monkeypa
     assert (other[0] >= 0).all() and (other[1] == -1).all()
 
 
+def test_select_free_is_the_rank_map_on_the_bit_set():
+    # the draw's exact fallback on a bit row: the j-th free position, as the sorted list's
+    # j + #{k : pos_k - k <= j} finds it, across word boundaries and for full words
+    rng = np.random.default_rng(0)
+    for width in (1, 63, 64, 65, 200):
+        words = (width + 63) // 64
+        for density in (0.0, 0.5, 0.95, 1.0):
+            taken = rng.random(width) < density
+            taken[rng.integers(width)] = False  # at least one free position
+            bits = np.zeros((2, words), np.uint64)
+            for j in np.flatnonzero(taken):
+                bits[1, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
+            free = np.flatnonzero(~taken)
+            got = [int(strata._select_free(bits, 1, np.int64(j))) for j in range(len(free))]
+            assert got == free.tolist()
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_run_epoch_on_pairs_prepared_once_is_train_epoch(lanes):
+    # the Trainer prepares the pairs once per fit (and, with one lane, the positives bit-set
+    # with them): every epoch must still be train_epoch's
+    indptr, indices, pu, pi, ue, ie = toy_problem(seed=5, n_users=80, n_items=50, dim=8)
+    once = [ue.copy(), ie.copy(), np.zeros_like(ue), np.zeros_like(ie)]
+    each = [a.copy() for a in once]
+    pairs = cpu_train.prepare_pairs(indptr, indices, pu, pi, len(ue), len(ie))
+    assert len(pairs) == len(pu) and np.array_equal(pairs.pairs, np.stack([pu, pi], axis=1))
+    kw = dict(n_candidates=5, margin=0.5, lr=0.1, rank_weight=True, clip_norm=1.0, seed=2,
+              lanes=lanes, block_size=32, shuffle=True)
+    for epoch in range(3):
+        got = cpu_train.run_epoch(pairs, *once, epoch=epoch, **kw)
+        assert got == cpu_train.train_epoch(indptr, indices, pu, pi, *each, epoch=epoch, **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(once, each, strict=True))
+    with pytest.raises(ValueError, match="tables of 79 users and 50 items, pairs of 80 and 50"):
+        cpu_train.run_epoch(pairs, ue[1:].copy(), ie.copy(), np.zeros_like(ue[1:]),
+                            np.zeros_like(ie), epoch=0, **kw)
+
+
 def test_strata_partition_the_items_evenly_and_change_every_epoch():
     rng = np.random.default_rng(0)
     n_items = 500
@@ -365,7 +410,7 @@ def test_strata_partition_the_items_evenly_and_change_every_epoch():
     splits = []
     for epoch in range(3):
         items, ptr, stratum_of = strata._strata(
-            np.int64(n_items), np.int64(3), strata._stream_key(0, epoch), pi)
+            np.int64(n_items), np.int64(3), strata._stream_key(0, epoch), pairs)
         assert sorted(items.tolist()) == list(range(n_items))
         for s in range(3):
             assert (stratum_of[items[ptr[s]:ptr[s + 1]]] == s).all()
@@ -378,11 +423,12 @@ def test_strata_partition_the_items_evenly_and_change_every_epoch():
 
 def test_shuffle_is_a_uniform_permutation_within_each_bucket():
     n = 2500  # one lane and stratum: 2 random bins of ~1250 pairs, each shuffled
-    pu, pi = np.zeros(n, np.int32), np.arange(n, dtype=np.int32)
+    pairs = np.stack([np.zeros(n, np.int32), np.arange(n, dtype=np.int32)], axis=1)
     where = np.zeros((3, n), np.int64)  # positions of pairs 0, 1250, 2499 over many epochs
+    pos = np.empty(n, np.int32)
     for epoch in range(2000):
-        _, _, pos, ptr = strata._bucket_order(pu, pi, np.int64(1), np.zeros(n, np.int64),
-                                              np.int64(1), strata._stream_key(0, epoch), True)
+        ptr = strata._visit_order(pairs, np.zeros(1, np.int64), np.zeros(n, np.int64),
+                                  np.int64(1), strata._stream_key(0, epoch), True, pos)
         assert ptr.tolist() == [0, n] and np.array_equal(np.sort(pos), np.arange(n))
         for r, g in enumerate((0, 1250, 2499)):
             where[r, np.flatnonzero(pos == g)[0]] += 1
@@ -416,8 +462,8 @@ def update_block_asm(**override):
     fn = numba.njit(**opts)(cpu_train._update_block.py_func)
     rng = np.random.default_rng(0)
     ue, ie = (rng.standard_normal((n, 8)).astype(np.float32) for n in (4, 6))
-    pairs = np.array([0, 1, 2], np.int32)
-    fn(pairs, pairs, 0, 3, ue, np.zeros_like(ue), ie, np.zeros_like(ie), np.float32(1.0),
+    pairs = np.array([[0, 0], [1, 1], [2, 2]], np.int32)
+    fn(pairs, 3, ue, np.zeros_like(ue), ie, np.zeros_like(ie), np.float32(1.0),
        np.float32(0.1), np.float32(1.0), np.ones(11, np.float32), np.empty((3, 8), np.float32),
        np.array([3, 4, 5], np.int64), np.ones(3, np.int32))
     return "".join(fn.inspect_asm().values())

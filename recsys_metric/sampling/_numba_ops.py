@@ -5,7 +5,7 @@
 - the jit options ``_FM`` / ``_PAR``;
 - the counter-based RNG: ``_mix_py`` / ``_stream_key`` (Python side) and ``_hash`` (kernel side),
   ``_mulhi`` (hash to range by multiply-high);
-- LLVM intrinsics: prefetch, atomics on int64 arrays, ``sched_yield``.
+- LLVM intrinsics: prefetch, atomics on int64 arrays, ``sched_yield``, bit counts on uint64.
 
 numba's on-disk cache only tracks the file a kernel is defined in: after editing this module (or
 the helpers in :mod:`.cpu`), clear ``recsys_metric/sampling/__pycache__`` while developing.
@@ -170,6 +170,26 @@ def _yield(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """Set bits of a uint64 (``llvm.ctpop``: one ``popcnt``)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.ctpop(args[0])
+
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _ctz(typingctx, x):
+    """Trailing zero bits of a nonzero uint64 (``llvm.cttz``: one ``tzcnt``)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return types.uint64(types.uint64), codegen
 
 
 @njit(inline="always")

@@ -38,6 +38,7 @@ from ._numba_ops import (
     _PAR,
     _atomic_add,
     _atomic_load,
+    _prefetch,
     _prefetch_row,
     _require_numba,
     _stream_key,
@@ -46,10 +47,11 @@ from ._numba_ops import (
     numba,
     prange,
 )
-from .cpu import _bits, _check_catalogue, _check_ids, _prefetch_pair, _score_sampled, _sqdist
-from .strata import _score_stratum, plan_epoch, stratum_bits
+from .cpu import _prefetch_pair, _score_sampled, _sqdist
+from .strata import EpochPairs, _score_stratum, plan_epoch, prepare_pairs
 
 _PREFETCH = 2  # pairs ahead whose rows the updates prefetch
+_GATHER_AHEAD = 4  # pairs ahead whose record the scoring prefetches
 _CHUNK = 64  # pairs per claim in the scoring phase
 
 # ----------------------------------------------------------------------------------- kernels
@@ -141,28 +143,32 @@ def _rank_weights(n_items, n_cand, rank_weight):
 
 
 @njit(inline="always")
-def _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo, hi, user_emb,
-                 item_emb, n_cand, margin, key, items, item_ptr, sptr, spos, s, neg, viol):
-    """(a) Hardest negative and violator count of the pairs ``lo:hi``, into ``neg[k - lo]`` /
-    ``viol[k - lo]``, against the tables as they are (the block start); candidates from the
-    whole catalogue with one lane (``bits`` by user), else from stratum ``s`` (``bits`` by user
-    and stratum)."""
+def _score_pairs(indptr, indices, bits, pairs, order, lo, hi, user_emb, item_emb, n_cand, margin,
+                 key, items, item_ptr, sptr, spos, s, neg, viol, block_pairs):
+    """(a) Hardest negative and violator count of the pairs ``order[lo:hi]``, into ``neg[k -
+    lo]`` / ``viol[k - lo]``, against the tables as they are (the block start); candidates from
+    the whole catalogue with one lane (``bits`` by user), else from stratum ``s`` (``bits`` by
+    user and stratum). The pairs themselves are gathered into ``block_pairs`` for (b)."""
     L = item_ptr.shape[0] - 1
     for k in range(lo, hi):
+        if k + _GATHER_AHEAD < hi:  # a random record of the pairs: start loading it now
+            _prefetch(pairs, order[k + _GATHER_AHEAD], 0)
         if k + 1 < hi:
-            un = pair_users[k + 1]
+            g1 = order[k + 1]
+            un = pairs[g1, 0]
             _prefetch_pair(bits, un if L == 1 else un * L + s, user_emb, item_emb, un,
-                           pair_items[k + 1])
-        u = pair_users[k]
-        ctr0 = np.uint64(pair_pos[k]) * np.uint64(n_cand)
+                           pairs[g1, 1])
+        g = order[k]
+        u, p = pairs[g, 0], pairs[g, 1]
+        block_pairs[k - lo, 0], block_pairs[k - lo, 1] = u, p
+        ctr0 = np.uint64(g) * np.uint64(n_cand)
         if L == 1:
             neg[k - lo], viol[k - lo] = _score_sampled(
-                indptr, indices, bits, user_emb, item_emb, u, pair_items[k], n_cand, margin, key,
-                ctr0)
+                indptr, indices, bits, user_emb, item_emb, u, p, n_cand, margin, key, ctr0)
         else:
             neg[k - lo], viol[k - lo] = _score_stratum(
-                bits, user_emb, item_emb, u, pair_items[k], n_cand, margin, key, ctr0, items,
-                item_ptr[s], item_ptr[s + 1], sptr, spos, s)
+                bits, user_emb, item_emb, u, p, n_cand, margin, key, ctr0, items, item_ptr[s],
+                item_ptr[s + 1], sptr, spos, s)
 
 
 # Full fastmath here only: it lets LLVM turn the Adagrad step's divisions and square roots into
@@ -173,25 +179,25 @@ def _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo, hi
 # function, each call increfed and decrefed the five arrays it was passed: ten atomic operations
 # per pair on counters both threads write. Without them two threads ran 9% faster (same tables).
 @njit(fastmath=True, error_model="numpy", cache=True, _nrt=False)
-def _update_block(pair_users, pair_items, lo, hi, user_emb, user_acc, item_emb, item_acc,
-                  margin, lr, clip_norm, weights, grad, neg, viol):
-    """(b) The updates of the pairs ``lo:hi``, in order, each hinge recomputed on the
-    current rows."""
+def _update_block(block_pairs, n_pairs, user_emb, user_acc, item_emb, item_acc, margin, lr,
+                  clip_norm, weights, grad, neg, viol):
+    """(b) The updates of the block's pairs ``block_pairs[:n_pairs]``, in order, each hinge
+    recomputed on the current rows."""
     loss = 0.0
     active = 0
-    for k in range(lo, hi):
-        a = k + _PREFETCH - lo  # the six rows of a later pair are random L2/L3 reads: start now
-        if a < hi - lo and viol[a] > 0 and neg[a] >= 0:
-            _prefetch_row(user_emb, pair_users[lo + a])
-            _prefetch_row(user_acc, pair_users[lo + a])
-            _prefetch_row(item_emb, pair_items[lo + a])
-            _prefetch_row(item_acc, pair_items[lo + a])
+    for k in range(n_pairs):
+        a = k + _PREFETCH  # the six rows of a later pair are random L2/L3 reads: start now
+        if a < n_pairs and viol[a] > 0 and neg[a] >= 0:
+            _prefetch_row(user_emb, block_pairs[a, 0])
+            _prefetch_row(user_acc, block_pairs[a, 0])
+            _prefetch_row(item_emb, block_pairs[a, 1])
+            _prefetch_row(item_acc, block_pairs[a, 1])
             _prefetch_row(item_emb, neg[a])
             _prefetch_row(item_acc, neg[a])
-        m, n = viol[k - lo], neg[k - lo]
+        m, n = viol[k], neg[k]
         if m > 0 and n >= 0:
-            h = _step(pair_users[k], pair_items[k], n, weights[m], user_emb, item_emb, user_acc,
-                      item_acc, margin, lr, clip_norm, grad)
+            h = _step(block_pairs[k, 0], block_pairs[k, 1], n, weights[m], user_emb, item_emb,
+                      user_acc, item_acc, margin, lr, clip_norm, grad)
             if h > 0:
                 loss += weights[m] * h
                 active += 1
@@ -205,9 +211,9 @@ def _wait(ctl, field, value):
 
 
 @njit(**_PAR)
-def _train_kernel(indptr, indices, bits, pair_users, pair_items, pair_pos, bucket_ptr, items,
-                  item_ptr, sptr, spos, user_emb, user_acc, item_emb, item_acc, n_cand, margin,
-                  lr, rank_weight, clip_norm, key, block, n_tasks):
+def _train_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sptr, spos, bits,
+                  user_emb, user_acc, item_emb, item_acc, n_cand, margin, lr, rank_weight,
+                  clip_norm, key, block, n_tasks):
     """Steps of (a) scoring and (b) updates, one block per lane and step.
 
     ``L`` > 1 lanes: at step ``t`` lane ``l`` takes block ``t // L`` of its bucket of stratum
@@ -227,6 +233,7 @@ def _train_kernel(indptr, indices, bits, pair_users, pair_items, pair_pos, bucke
     pad = 16  # >= 64 bytes between two lanes' scratch rows
     neg = np.empty((L, block + pad), np.int64)
     viol = np.empty((L, block + pad), np.int32)
+    block_pairs = _scratch(L, block, 2, np.int32)
     grad = _scratch(L, 3, dim, np.float32)
     lane_loss = np.zeros((L, 8))
     lane_active = np.zeros((L, 8), np.int64)
@@ -245,9 +252,10 @@ def _train_kernel(indptr, indices, bits, pair_users, pair_items, pair_pos, bucke
                 if c >= n_chunks:
                     break
                 lo = min(lo0 + c * _CHUNK, hi0)
-                _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo,
-                             min(lo + _CHUNK, hi0), user_emb, item_emb, n_cand, margin, key,
-                             items, item_ptr, sptr, spos, 0, neg[0, lo - lo0:], viol[0, lo - lo0:])
+                _score_pairs(indptr, indices, bits, pairs, order, lo, min(lo + _CHUNK, hi0),
+                             user_emb, item_emb, n_cand, margin, key, items, item_ptr, sptr, spos,
+                             0, neg[0, lo - lo0:], viol[0, lo - lo0:],
+                             block_pairs[0, lo - lo0:])
                 _atomic_add(ctl[t], 1, 1)
             _wait(ctl[t], 1, n_chunks)
             while True:  # (b): lanes, by any task
@@ -260,13 +268,12 @@ def _train_kernel(indptr, indices, bits, pair_users, pair_items, pair_pos, bucke
                 hi = min(lo + block, bucket_ptr[b + 1])
                 if lo < hi:
                     if L > 1:
-                        _score_pairs(indptr, indices, bits, pair_users, pair_items, pair_pos, lo,
-                                     hi, user_emb, item_emb, n_cand, margin, key, items, item_ptr,
-                                     sptr, spos, s, neg[lane], viol[lane])
-                    loss, active = _update_block(pair_users, pair_items, lo, hi, user_emb,
-                                                 user_acc, item_emb, item_acc, margin, lr,
-                                                 clip_norm, weights, grad[lane], neg[lane],
-                                                 viol[lane])
+                        _score_pairs(indptr, indices, bits, pairs, order, lo, hi, user_emb,
+                                     item_emb, n_cand, margin, key, items, item_ptr, sptr, spos,
+                                     s, neg[lane], viol[lane], block_pairs[lane])
+                    loss, active = _update_block(block_pairs[lane], hi - lo, user_emb, user_acc,
+                                                 item_emb, item_acc, margin, lr, clip_norm,
+                                                 weights, grad[lane], neg[lane], viol[lane])
                     lane_loss[lane, 0] += loss
                     lane_active[lane, 0] += active
                 _atomic_add(ctl[t], 3, 1)
@@ -286,6 +293,43 @@ def train_epoch(
     item_emb: np.ndarray,
     user_acc: np.ndarray,
     item_acc: np.ndarray,
+    **kwargs,
+) -> tuple[float, int]:
+    """One CML epoch over ``(pair_users[i], pair_items[i])``, in place: :func:`run_epoch` on
+    ``prepare_pairs(indptr, indices, pair_users, pair_items, n_users, n_items)``. A loop over
+    epochs should prepare the pairs once and call :func:`run_epoch` (as the Trainer does).
+
+    ``indptr``, ``indices``: int64 / int32 CSR of the training positives, sorted within each
+    row; ``pair_users``, ``pair_items``: int32 ``[P]`` pairs to visit (in the order to visit
+    them, unless ``shuffle``). The rest: see :func:`run_epoch`.
+    """
+    _require_numba()
+    _check_tables(user_emb, item_emb, user_acc, item_acc)
+    pairs = prepare_pairs(indptr, indices, pair_users, pair_items, user_emb.shape[0],
+                          item_emb.shape[0])
+    return run_epoch(pairs, user_emb, item_emb, user_acc, item_acc, **kwargs)
+
+
+def _check_tables(user_emb, item_emb, user_acc, item_acc) -> None:
+    for name, a, ref in (("user", user_acc, user_emb), ("item", item_acc, item_emb)):
+        for arr in (a, ref):
+            if arr.dtype != np.float32 or not arr.flags.c_contiguous or arr.ndim != 2:
+                raise ValueError(f"{name} tables must be float32 C-contiguous 2-d arrays")
+        if a.shape != ref.shape and a.shape != (ref.shape[0], 1):
+            raise ValueError(f"{name}_acc shape {a.shape} is neither {name}_emb's {ref.shape} "
+                             f"nor ({ref.shape[0]}, 1)")
+    if user_acc.shape[1] != item_acc.shape[1]:
+        raise ValueError("user_acc and item_acc must both be element-wise or both row-wise")
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise ValueError(f"dims differ: {user_emb.shape[1]} vs {item_emb.shape[1]}")
+
+
+def run_epoch(
+    pairs: EpochPairs,
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    user_acc: np.ndarray,
+    item_acc: np.ndarray,
     *,
     n_candidates: int,
     margin: float,
@@ -298,24 +342,23 @@ def train_epoch(
     block_size: int = 4096,
     shuffle: bool = False,
 ) -> tuple[float, int]:
-    """One CML epoch over ``(pair_users[i], pair_items[i])``, in place.
+    """One CML epoch over the prepared pairs (:func:`prepare_pairs`), in place.
 
-    The pairs are visited in lanes, buckets and blocks as the module docstring says; for each
-    pair ``i``: (a) candidates ``sample_uniform(..., pair_users, ..., seed=seed, offset=epoch)[i]``
-    with one lane, else ``stratum_candidates(...)[i]`` (uniform over the user's non-positives in
-    the positive's stratum); the hardest ``n`` and the violator count ``M`` against the tables at
-    the block start; (b) in order, skip if ``M == 0`` or ``n == -1``, weight ``w = log(1 +
-    floor(n_items * M / U))`` (or 1), recompute ``h = margin + d(u,p) - d(u,n)`` on the current
-    rows, skip if ``h <= 0``, else one Adagrad step on ``w * h`` for the rows ``u``, ``p``,
-    ``n`` and clipping to ``clip_norm``. Bit-identical for given ``seed``, ``epoch``, ``lanes``
-    and ``shuffle`` whatever the number of threads.
+    The pairs are visited in lanes, buckets and blocks as the module docstring says; for the
+    pair at position ``i`` of the caller's arrays: (a) candidates ``sample_uniform(...,
+    pair_users, ..., seed=seed, offset=epoch)[i]`` with one lane, else
+    ``stratum_candidates(...)[i]`` (uniform over the user's non-positives in the positive's
+    stratum); the hardest ``n`` and the violator count ``M`` against the tables at the block
+    start; (b) in order, skip if ``M == 0`` or ``n == -1``, weight ``w = log(1 + floor(n_items
+    * M / U))`` (or 1), recompute ``h = margin + d(u,p) - d(u,n)`` on the current rows, skip if
+    ``h <= 0``, else one Adagrad step on ``w * h`` for the rows ``u``, ``p``, ``n`` and clipping
+    to ``clip_norm``. Bit-identical for given ``seed``, ``epoch``, ``lanes`` and ``shuffle``
+    whatever the number of threads.
 
     Parameters
     ----------
-    indptr, indices : np.ndarray
-        int64 / int32 CSR of the training positives, sorted within each row.
-    pair_users, pair_items : np.ndarray
-        int32 ``[P]`` pairs to visit (in the order to visit them, unless ``shuffle``).
+    pairs : EpochPairs
+        The pairs and positives, from :func:`prepare_pairs`.
     user_emb, item_emb : np.ndarray
         float32 C-contiguous ``[n, dim]`` tables, updated in place.
     user_acc, item_acc : np.ndarray
@@ -334,9 +377,9 @@ def train_epoch(
         Visit the pairs in a random order drawn from ``(seed, epoch)`` (the Trainer's choice)
         rather than in the caller's order.
 
-    Extra memory: the pairs in visiting order (16 B each), the users' positives by stratum
-    (4 B per positive, lanes > 1), ``O(lanes * block_size)`` and the positives bit-set (``<=
-    BITSET_BUDGET_BYTES``), whatever U and dim.
+    Extra memory: the visiting order (4 B per pair), the positives by stratum (a bit-set of at
+    most ``BITSET_BUDGET_BYTES``, else 4 B per positive) and ``O(lanes * block_size)``, whatever
+    U and dim.
 
     Returns
     -------
@@ -346,43 +389,20 @@ def train_epoch(
         Number of pairs that were updated.
     """
     _require_numba()
-    n_items = item_emb.shape[0]
-    _check_catalogue(n_items)
-    for name, a, ref in (("user", user_acc, user_emb), ("item", item_acc, item_emb)):
-        for arr in (a, ref):
-            if arr.dtype != np.float32 or not arr.flags.c_contiguous or arr.ndim != 2:
-                raise ValueError(f"{name} tables must be float32 C-contiguous 2-d arrays")
-        if a.shape != ref.shape and a.shape != (ref.shape[0], 1):
-            raise ValueError(f"{name}_acc shape {a.shape} is neither {name}_emb's {ref.shape} "
-                             f"nor ({ref.shape[0]}, 1)")
-    if user_acc.shape[1] != item_acc.shape[1]:
-        raise ValueError("user_acc and item_acc must both be element-wise or both row-wise")
-    if user_emb.shape[1] != item_emb.shape[1]:
-        raise ValueError(f"dims differ: {user_emb.shape[1]} vs {item_emb.shape[1]}")
+    _check_tables(user_emb, item_emb, user_acc, item_acc)
+    if user_emb.shape[0] != pairs.n_users or item_emb.shape[0] != pairs.n_items:
+        raise ValueError(f"tables of {user_emb.shape[0]} users and {item_emb.shape[0]} items, "
+                         f"pairs of {pairs.n_users} and {pairs.n_items}")
     if n_candidates < 1:
         raise ValueError("n_candidates must be >= 1")
     if lanes < 1 or block_size < 1:
         raise ValueError("lanes and block_size must be >= 1")
-    ip = np.ascontiguousarray(indptr, dtype=np.int64)
-    ix = np.ascontiguousarray(indices, dtype=np.int32)
-    pu = np.ascontiguousarray(pair_users, dtype=np.int32)
-    pi = np.ascontiguousarray(pair_items, dtype=np.int32)
-    if len(ip) - 1 != user_emb.shape[0] or len(pu) != len(pi):
-        raise ValueError("indptr must have n_users + 1 entries and pairs equal lengths")
-    _check_ids("pair_users", pu, user_emb.shape[0])
-    _check_ids("pair_items", pi, n_items)
-    _check_ids("indices", ix, n_items)
     key = _stream_key(seed, epoch)
-    plan = plan_epoch(ip, ix, pu, pi, user_emb.shape[0], n_items, lanes, key, bool(shuffle))
-    item_ptr, sptr, spos = plan[5:]
-    # the positives bit-set: by user with one lane (whole catalogue), else by user and stratum
-    n_draws = len(pu) * n_candidates
-    bits = (_bits(ip, ix, n_items, n_draws) if len(item_ptr) == 2
-            else stratum_bits(sptr, spos, item_ptr, n_draws))
+    plan = plan_epoch(pairs, lanes, key, bool(shuffle), len(pairs) * n_candidates)
     loss, active = _train_kernel(
-        ip, ix, bits, *plan, user_emb, user_acc,
-        item_emb, item_acc, np.int64(n_candidates), np.float32(margin), np.float32(lr),
-        bool(rank_weight), np.float32(clip_norm), key, np.int64(min(block_size, max(1, len(pu)))),
+        pairs.indptr, pairs.indices, pairs.pairs, *plan, user_emb, user_acc, item_emb, item_acc,
+        np.int64(n_candidates), np.float32(margin), np.float32(lr), bool(rank_weight),
+        np.float32(clip_norm), key, np.int64(min(block_size, max(1, len(pairs)))),
         np.int64(numba.get_num_threads()),
     )
     return float(loss), int(active)

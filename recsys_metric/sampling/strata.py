@@ -1,23 +1,47 @@
 """Stratified lanes for the CPU training epoch: how an epoch's pairs are split, and the draw.
 
 :func:`.cpu_train.train_epoch` runs ``lanes`` parallel streams on disjoint rows (stratified SGD,
-as DSGD for matrix factorisation). Per epoch (:func:`plan_epoch`): users in ``lanes`` contiguous
-ranges of about equal numbers of pairs; items in ``lanes`` random strata of about equal numbers
-of pairs (:func:`_strata`); the pairs bucketed by (lane, stratum of the positive), shuffled or
-not (:func:`_bucket_order`); each user's positives listed by stratum (:func:`_stratum_rows`),
-and as a bit-set by user and stratum (:func:`stratum_bits`). A lane's candidates come from one
-stratum, uniform over the user's non-positives there (:func:`_draw_stratum`: rejection tries,
-then an exact rank map, as :func:`.cpu._draw` does over the whole catalogue).
+as DSGD for matrix factorisation). Once per fit (:func:`prepare_pairs`): the ids checked, the
+pairs as 8-byte records, the pairs per user and per item counted. Per epoch (:func:`plan_epoch`):
+users in ``lanes`` contiguous ranges of about equal numbers of pairs (:func:`_lanes`); items in
+``lanes`` random strata of about equal numbers of pairs (:func:`_strata`); the pairs' positions
+bucketed by (lane, stratum of the positive), shuffled or not (:func:`_visit_order`); each user's
+positives by stratum, as a bit-set or as sorted lists (:func:`_stratum_rows`). A lane's
+candidates come from one stratum, uniform over the user's non-positives there
+(:func:`_draw_stratum`: rejection tries, then an exact rank map, as :func:`.cpu._draw` does over
+the whole catalogue).
 
 numba is imported behind a guard (see :mod:`._numba_ops`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from ._numba_ops import _PAR, _hash, _mulhi, _require_numba, _stream_key, njit, prange
-from .cpu import _TRIES, _bits_pay, _count_le, _is_positive, _keep, _sqdist
+from ._numba_ops import (
+    _PAR,
+    _ctz,
+    _hash,
+    _mulhi,
+    _popcount,
+    _require_numba,
+    _stream_key,
+    njit,
+    prange,
+)
+from .cpu import (
+    _TRIES,
+    _bits_pay,
+    _build_bits,
+    _check_catalogue,
+    _check_ids,
+    _count_le,
+    _is_positive,
+    _keep,
+    _sqdist,
+)
 
 _SORT_CHUNKS = 16  # pieces of the pairs bucketed in parallel
 
@@ -25,26 +49,18 @@ _SORT_CHUNKS = 16  # pieces of the pairs bucketed in parallel
 
 
 @njit(**_PAR)
-def _bucket_order(pair_users, pair_items, n_users, stratum_of, lanes, key, shuffle):
-    """``(users, items, pos, bucket_ptr)``: the pairs grouped by bucket ``lane * lanes +
-    stratum``, ``[bucket_ptr[b]:bucket_ptr[b + 1]]`` (``pos``: their positions in the caller's
-    arrays). Gathered once here, so that the kernel reads its pairs sequentially.
+def _visit_order(pairs, lane_of, stratum_of, lanes, key, shuffle, order):
+    """Fills ``order`` with the pairs' positions grouped by bucket ``lane * lanes + stratum``,
+    ``order[bucket_ptr[b]:bucket_ptr[b + 1]]``, and returns ``bucket_ptr``.
 
-    Lane ``l`` holds the users of the ``l``-th contiguous range with about ``P / lanes`` pairs
-    (contiguous, so two lanes' user rows share no cache line but at a boundary); the stratum is
-    the positive item's. Within a bucket: the caller's order, or with ``shuffle`` a uniformly
-    random one keyed by ``key`` (each pair to one of ~``size / 1024`` bins at random, each bin
-    shuffled by Fisher-Yates: exact, in cache, and in parallel).
+    Lane ``lane_of[u]`` holds user ``u`` (:func:`_lanes`); the stratum is the positive item's.
+    Within a bucket: the pairs' order, or with ``shuffle`` a uniformly random one keyed by
+    ``key`` (each pair to one of ~``size / 1024`` bins at random, each bin shuffled by
+    Fisher-Yates: exact, in cache, and in parallel). Positions only (4 or 8 bytes a pair): the
+    kernel gathers each pair from ``pairs`` as it goes, with a prefetch, which cost less than
+    moving the pairs themselves through the sort and the shuffle.
     """
-    count = np.zeros(n_users + 1, np.int64)
-    for u in pair_users:
-        count[u + 1] += 1
-    for u in range(n_users):
-        count[u + 1] += count[u]
-    lane_of = np.empty(n_users, np.int64)
-    n = pair_users.shape[0]
-    for u in range(n_users):  # the lane holding the pair at the user's median position
-        lane_of[u] = min(lanes - 1, ((count[u] + count[u + 1]) // 2 * lanes) // max(n, 1))
+    n = pairs.shape[0]
     R = max(1, n // (lanes * lanes * 1024)) if shuffle else 1  # bins per bucket
     k_bin = _hash(key, np.uint64(0xFFFFFFFFFFFFFFFE))  # streams no draw counter reaches
     k_swap = _hash(key, np.uint64(0xFFFFFFFFFFFFFFFD))
@@ -57,7 +73,7 @@ def _bucket_order(pair_users, pair_items, n_users, stratum_of, lanes, key, shuff
     bin_of = np.empty(n, np.int32)
     for c in prange(C):
         for g in range(c * step, min(n, (c + 1) * step)):
-            b = (lane_of[pair_users[g]] * lanes + stratum_of[pair_items[g]]) * R
+            b = (lane_of[pairs[g, 0]] * lanes + stratum_of[pairs[g, 1]]) * R
             if shuffle:
                 b += _mulhi(_hash(k_bin, np.uint64(g)), R)
             bin_of[g] = b
@@ -71,31 +87,43 @@ def _bucket_order(pair_users, pair_items, n_users, stratum_of, lanes, key, shuff
             start[c, b] = total
             total += counts[c, b]
     bin_ptr[nb] = total
-    users = np.empty(n, np.int32)
-    items = np.empty(n, np.int32)
-    pos = np.empty(n, np.int64)
     for c in prange(C):
         fill = start[c]
         for g in range(c * step, min(n, (c + 1) * step)):
-            k = fill[bin_of[g]]
-            users[k], items[k], pos[k] = pair_users[g], pair_items[g], g
+            order[fill[bin_of[g]]] = g
             fill[bin_of[g]] += 1
     if shuffle:
         for b in prange(nb):
             lo = bin_ptr[b]
             for k in range(bin_ptr[b + 1] - 1, lo, -1):
                 j = lo + _mulhi(_hash(k_swap, np.uint64(k)), k - lo + 1)
-                users[k], users[j] = users[j], users[k]
-                items[k], items[j] = items[j], items[k]
-                pos[k], pos[j] = pos[j], pos[k]
-    return users, items, pos, bin_ptr[::R].copy()
+                order[k], order[j] = order[j], order[k]
+    return bin_ptr[::R].copy()
 
 
 @njit(cache=True)
-def _strata(n_items, lanes, key, pair_items):
+def _layout(pair_users, pair_items, n_users, n_items):
+    """``(pairs, user_ptr, item_pairs)`` of :class:`EpochPairs`, in one pass (numpy's
+    ``bincount``s and the copy took 4x as long)."""
+    n = pair_users.shape[0]
+    pairs = np.empty((n, 2), np.int32)
+    user_ptr = np.zeros(n_users + 1, np.int64)
+    item_pairs = np.zeros(n_items, np.int64)
+    for g in range(n):
+        u, i = pair_users[g], pair_items[g]
+        pairs[g, 0], pairs[g, 1] = u, i
+        user_ptr[u + 1] += 1
+        item_pairs[i] += 1
+    for u in range(n_users):
+        user_ptr[u + 1] += user_ptr[u]
+    return pairs, user_ptr, item_pairs
+
+
+@njit(cache=True)
+def _strata(n_items, lanes, key, pairs):
     """``(items, item_ptr, stratum_of)``: the items split into ``lanes`` strata, a new split for
     each ``key`` (epoch); ``items[item_ptr[s]:item_ptr[s + 1]]`` are the ids of stratum ``s``,
-    ascending.
+    ascending. ``pairs[i]``: the epoch's pairs with positive ``i``.
 
     Items are taken in a random order (keyed hashes) and each goes to the stratum with the
     fewest pairs so far, so the lanes' buckets are even within one item's pairs (a split
@@ -105,9 +133,6 @@ def _strata(n_items, lanes, key, pair_items):
     h = np.empty(n_items, np.uint64)
     for i in range(n_items):
         h[i] = _hash(skey, np.uint64(i))
-    pairs = np.zeros(n_items, np.int64)
-    for i in pair_items:
-        pairs[i] += 1
     load = np.zeros(lanes, np.int64)
     stratum_of = np.empty(n_items, np.int64)
     item_ptr = np.zeros(lanes + 1, np.int64)
@@ -130,10 +155,14 @@ def _strata(n_items, lanes, key, pair_items):
 
 
 @njit(**_PAR)
-def _stratum_rows(indptr, indices, items, item_ptr):
-    """``(sptr, spos)``: user ``u``'s positives in stratum ``s`` as their positions within the
-    stratum's list, ascending, in ``spos[sptr[u, s]:sptr[u, s + 1]]`` (what the draw's exact
-    fallback searches, as ``cpu._draw`` searches the row)."""
+def _stratum_rows(indptr, indices, items, item_ptr, words):
+    """``(sptr, spos, bits)``: user ``u``'s positives in stratum ``s`` by their positions within
+    the stratum's list; ``sptr[u, s + 1] - sptr[u, s]`` of them.
+
+    ``words`` > 0: as a bit-set, row ``u * L + s``, ``words`` uint64 each (``spos`` empty).
+    ``words`` == 0: ascending in ``spos[sptr[u, s]:sptr[u, s + 1]]`` (``bits`` empty), what the
+    draw then searches, as ``cpu._draw`` searches the row.
+    """
     n_users, L, n_items = indptr.shape[0] - 1, item_ptr.shape[0] - 1, items.shape[0]
     stratum_of = np.empty(n_items, np.int64)
     pos_in = np.empty(n_items, np.int32)
@@ -141,35 +170,44 @@ def _stratum_rows(indptr, indices, items, item_ptr):
         for k in range(item_ptr[s], item_ptr[s + 1]):
             stratum_of[items[k]] = s
             pos_in[items[k]] = k - item_ptr[s]
-    sptr = np.empty((n_users, L + 1), np.int64)
-    spos = np.empty(indices.shape[0], np.int32)
-    for u in prange(n_users):
-        sptr[u, 0] = indptr[u]
-        cnt = np.zeros(L + 1, np.int64)
+    sptr = np.zeros((n_users, L + 1), np.int64)
+    bits = np.zeros((n_users * L if words > 0 else 0, max(words, 1)), np.uint64)
+    spos = np.empty(indices.shape[0] if words == 0 else 0, np.int32)
+    for u in prange(n_users):  # bit rows are word-aligned, so threads never share a word
         for k in range(indptr[u], indptr[u + 1]):
-            cnt[stratum_of[indices[k]] + 1] += 1
-        for s in range(L):
-            sptr[u, s + 1] = sptr[u, s] + cnt[s + 1]
-        fill = sptr[u, :L].copy()
-        for k in range(indptr[u], indptr[u + 1]):  # items ascend in the row and in a stratum
             s = stratum_of[indices[k]]
-            spos[fill[s]] = pos_in[indices[k]]
-            fill[s] += 1
-    return sptr, spos
-
-
-@njit(**_PAR)
-def _build_stratum_bits(sptr, spos, words):
-    """Row ``u * L + s``: user ``u``'s positives in stratum ``s``, one bit per position within
-    the stratum's list."""
-    n_users, L = sptr.shape[0], sptr.shape[1] - 1
-    bits = np.zeros((n_users * L, words), dtype=np.uint64)
-    for u in prange(n_users):  # rows are word-aligned, so threads never share a word
-        for s in range(L):
-            for k in range(sptr[u, s], sptr[u, s + 1]):
-                j = spos[k]
+            sptr[u, s + 1] += 1
+            if words > 0:
+                j = pos_in[indices[k]]
                 bits[u * L + s, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
-    return bits
+        sptr[u, 0] = indptr[u]
+        for s in range(L):
+            sptr[u, s + 1] += sptr[u, s]
+        if words == 0:
+            for s in range(L):  # items ascend in the row and in a stratum
+                f = sptr[u, s]
+                for k in range(indptr[u], indptr[u + 1]):
+                    if stratum_of[indices[k]] == s:
+                        spos[f] = pos_in[indices[k]]
+                        f += 1
+    return sptr, spos, bits
+
+
+@njit(inline="always")
+def _select_free(bits, row, j):
+    """Position of the ``j``-th (from 0) zero bit of bit-set row ``row``: the ``j``-th free
+    position, as ``j + _count_le(spos, ..., j, 1)`` finds it from the list."""
+    w = 0
+    z = ~bits[row, 0]
+    c = np.int64(_popcount(z))
+    while j >= c:
+        j -= c
+        w += 1
+        z = ~bits[row, w]
+        c = np.int64(_popcount(z))
+    for _ in range(j):
+        z &= z - np.uint64(1)  # clear the lowest set bit
+    return np.int64(w * 64) + np.int64(_ctz(z))
 
 
 @njit(inline="always")
@@ -178,9 +216,9 @@ def _draw_stratum(bits, u, items, lo, hi, sptr, spos, s, key, ctr):
     (``-1`` if none), from counter ``ctr``: as ``cpu._draw``, rejection tries, then the rank map,
     both on the positions within the stratum (each stage exactly uniform, so their mixture is).
 
-    ``bits``: :func:`_build_stratum_bits`, or empty (then the tries search the user's positions
-    in ``spos``). A stratum's bit row is a ``lanes``-th of a catalogue-wide one and the test
-    needs no lookup of the item id first: epochs ran 3% faster than with the global bit-set.
+    ``bits`` or ``spos``: see :func:`_stratum_rows`. A stratum's bit row is a ``lanes``-th of a
+    catalogue-wide one and the test needs no lookup of the item id first: epochs ran 3% faster
+    than with the global bit-set.
     """
     a = sptr[u, s]
     n_pos = sptr[u, s + 1] - a
@@ -195,6 +233,8 @@ def _draw_stratum(bits, u, items, lo, hi, sptr, spos, s, key, ctr):
             return np.int64(items[lo + j])
         x = _hash(x, np.uint64(t))
     j = _mulhi(x, n_free)
+    if bits.shape[0] > 0:
+        return np.int64(items[lo + _select_free(bits, row, j)])
     return np.int64(items[lo + j + _count_le(spos, a, n_pos, j, 1)])
 
 
@@ -228,31 +268,97 @@ def _stratum_sample_kernel(bits, users, strata, items, item_ptr, sptr, spos, n, 
 # ------------------------------------------------------------------------------- public API
 
 
-def plan_epoch(ip, ix, pu, pi, n_users, n_items, lanes, key, shuffle):
-    """The epoch's pairs in visiting order, strata and buckets: ``(users, items, pos,
-    bucket_ptr, strata_items, item_ptr, sptr, spos)``."""
+@dataclass(eq=False)
+class EpochPairs:
+    """The pairs an epoch visits and the training positives, checked and laid out once for all
+    the epochs of a fit (:func:`prepare_pairs`), with what the epochs' plans share."""
+
+    indptr: np.ndarray  # int64 [n_users + 1]: CSR of the training positives
+    indices: np.ndarray  # int32, sorted within each row
+    pairs: np.ndarray  # int32 [P, 2]: (user, positive item), one 8-byte record per pair
+    n_users: int
+    n_items: int
+    user_ptr: np.ndarray  # int64 [n_users + 1]: pairs per user, cumulated
+    item_pairs: np.ndarray  # int64 [n_items]: pairs per positive item
+    _bits: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.pairs.shape[0]
+
+    def catalogue_bits(self, n_draws: int) -> np.ndarray:
+        """The positives bit-set by user (``cpu._bits``), built on first use, if it pays."""
+        if not _bits_pay(self.n_users, (self.n_items + 63) // 64, len(self.indices), n_draws):
+            return np.zeros((0, 1), dtype=np.uint64)
+        if self._bits is None:
+            self._bits = _build_bits(self.indptr, self.indices, np.int64(self.n_items))
+        return self._bits
+
+
+def prepare_pairs(indptr: np.ndarray, indices: np.ndarray, pair_users: np.ndarray,
+                  pair_items: np.ndarray, n_users: int, n_items: int) -> EpochPairs:
+    """Check the ids and lay the pairs out for :func:`.cpu_train.run_epoch`, once per fit.
+
+    ``indptr``/``indices``: CSR of the training positives, sorted within each row;
+    ``pair_users``/``pair_items``: the ``P`` pairs an epoch visits. Raises ``ValueError`` on an id
+    out of range or mismatched lengths. Memory: 8 bytes per pair, plus the counts.
+    """
+    _require_numba()
+    _check_catalogue(n_items)
+    ip = np.ascontiguousarray(indptr, dtype=np.int64)
+    pu, pi = np.asarray(pair_users), np.asarray(pair_items)
+    if len(ip) - 1 != n_users or len(pu) != len(pi):
+        raise ValueError("indptr must have n_users + 1 entries and pairs equal lengths")
+    _check_ids("pair_users", pu, n_users)
+    _check_ids("pair_items", pi, n_items)
+    _check_ids("indices", np.asarray(indices), n_items)
+    pairs, user_ptr, item_pairs = _layout(np.ascontiguousarray(pu, dtype=np.int32),
+                                          np.ascontiguousarray(pi, dtype=np.int32),
+                                          np.int64(n_users), np.int64(n_items))
+    return EpochPairs(ip, np.ascontiguousarray(indices, dtype=np.int32), pairs, int(n_users),
+                      int(n_items), user_ptr, item_pairs)
+
+
+def _lanes(user_ptr: np.ndarray, lanes: int) -> np.ndarray:
+    """Each user's lane: the one holding the user's median pair when the pairs, by user, are
+    cut into ``lanes`` ranges of about equal size (contiguous, so two lanes' user rows share no
+    cache line but at a boundary)."""
+    return np.minimum(lanes - 1, (user_ptr[:-1] + user_ptr[1:]) // 2 * lanes
+                      // max(int(user_ptr[-1]), 1))
+
+
+def plan_epoch(pairs: EpochPairs, lanes: int, key: np.uint64, shuffle: bool,
+               n_draws: int) -> tuple:
+    """The epoch's visiting order, buckets and strata: ``(order, bucket_ptr, strata_items,
+    item_ptr, sptr, spos, bits)``; ``order`` holds positions in ``pairs.pairs``."""
+    n_users, n_items, P = pairs.n_users, pairs.n_items, len(pairs)
     L = min(lanes, n_items)  # no empty stratum
+    order = np.empty(P, np.int32 if P < 2**31 else np.int64)
     if L == 1:  # no strata: the whole catalogue
         no_strata = (np.zeros(1, np.int32), np.array([0, n_items], np.int64),
-                     np.zeros((1, 2), np.int64), np.zeros(1, np.int32))
+                     np.zeros((1, 2), np.int64), np.zeros(1, np.int32),
+                     pairs.catalogue_bits(n_draws))
         if not shuffle:  # the pairs in the caller's order
-            return (pu, pi, np.arange(len(pu), dtype=np.int64),
-                    np.array([0, len(pu)], np.int64), *no_strata)
-        return (*_bucket_order(pu, pi, np.int64(n_users), np.zeros(n_items, np.int64),
-                               np.int64(1), key, True), *no_strata)
-    items, item_ptr, stratum_of = _strata(np.int64(n_items), np.int64(L), key, pi)
-    return (*_bucket_order(pu, pi, np.int64(n_users), stratum_of, np.int64(L), key, shuffle),
-            items, item_ptr, *_stratum_rows(ip, ix, items, item_ptr))
+            order[:] = np.arange(P)
+            return order, np.array([0, P], np.int64), *no_strata
+        return (order, _visit_order(pairs.pairs, np.zeros(n_users, np.int64),
+                                    np.zeros(n_items, np.int64), np.int64(1), key, True, order),
+                *no_strata)
+    items, item_ptr, stratum_of = _strata(np.int64(n_items), np.int64(L), key, pairs.item_pairs)
+    bucket_ptr = _visit_order(pairs.pairs, _lanes(pairs.user_ptr, L), stratum_of, np.int64(L),
+                              key, bool(shuffle), order)
+    return (order, bucket_ptr, items, item_ptr,
+            *stratum_rows(pairs.indptr, pairs.indices, items, item_ptr, n_draws))
 
 
-def stratum_bits(sptr: np.ndarray, spos: np.ndarray, item_ptr: np.ndarray,
-                 n_draws: int) -> np.ndarray:
-    """The users' positives by stratum as a bit-set (:func:`_build_stratum_bits`) when it fits
-    ``cpu.BITSET_BUDGET_BYTES`` and ``n_draws`` amortise it, else empty. Only a speed-up."""
+def stratum_rows(ip: np.ndarray, ix: np.ndarray, items: np.ndarray, item_ptr: np.ndarray,
+                 n_draws: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The users' positives by stratum (:func:`_stratum_rows`): as a bit-set when it fits
+    ``cpu.BITSET_BUDGET_BYTES`` and ``n_draws`` amortise it, else as sorted lists. The draws are
+    the same either way."""
     words = (int(np.diff(item_ptr).max()) + 63) // 64
-    if _bits_pay(sptr.shape[0] * (sptr.shape[1] - 1), words, len(spos), n_draws):
-        return _build_stratum_bits(sptr, spos, np.int64(words))
-    return np.zeros((0, 1), dtype=np.uint64)
+    if not _bits_pay((len(ip) - 1) * (len(item_ptr) - 1), words, len(ix), n_draws):
+        words = 0
+    return _stratum_rows(ip, ix, items, item_ptr, np.int64(words))
 
 
 def stratum_candidates(indptr: np.ndarray, indices: np.ndarray, pair_users: np.ndarray,
@@ -267,8 +373,8 @@ def stratum_candidates(indptr: np.ndarray, indices: np.ndarray, pair_users: np.n
     pu = np.ascontiguousarray(pair_users, dtype=np.int32)
     pi = np.ascontiguousarray(pair_items, dtype=np.int32)
     key = _stream_key(seed, epoch)
-    items, item_ptr, stratum_of = _strata(np.int64(n_items), np.int64(min(lanes, n_items)), key, pi)
-    sptr, spos = _stratum_rows(ip, ix, items, item_ptr)
-    bits = stratum_bits(sptr, spos, item_ptr, len(pu) * n_candidates)
+    items, item_ptr, stratum_of = _strata(np.int64(n_items), np.int64(min(lanes, n_items)), key,
+                                          np.bincount(pi, minlength=n_items).astype(np.int64))
+    sptr, spos, bits = stratum_rows(ip, ix, items, item_ptr, len(pu) * n_candidates)
     return _stratum_sample_kernel(bits, pu, stratum_of[pi], items, item_ptr, sptr, spos,
                                   np.int64(n_candidates), key)
