@@ -144,7 +144,7 @@ def _rank_weights(n_items, n_cand, rank_weight):
 
 @njit(inline="always")
 def _score_pairs(indptr, indices, bits, pairs, order, lo, hi, user_emb, item_emb, n_cand, margin,
-                 key, items, item_ptr, sptr, spos, s, neg, viol, block_pairs):
+                 key, items, item_ptr, sptr, spos, s, neg, viol, block_pairs, hashes):
     """(a) Hardest negative and violator count of the pairs ``order[lo:hi]``, into ``neg[k -
     lo]`` / ``viol[k - lo]``, against the tables as they are (the block start); candidates from
     the whole catalogue with one lane (``bits`` by user), else from stratum ``s`` (``bits`` by
@@ -168,7 +168,7 @@ def _score_pairs(indptr, indices, bits, pairs, order, lo, hi, user_emb, item_emb
         else:
             neg[k - lo], viol[k - lo] = _score_stratum(
                 bits, user_emb, item_emb, u, p, n_cand, margin, key, ctr0, items, item_ptr[s],
-                item_ptr[s + 1], sptr, spos, s)
+                item_ptr[s + 1], sptr, spos, s, hashes)
 
 
 # Full fastmath here only: it lets LLVM turn the Adagrad step's divisions and square roots into
@@ -234,6 +234,7 @@ def _train_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sp
     neg = np.empty((L, block + pad), np.int64)
     viol = np.empty((L, block + pad), np.int32)
     block_pairs = _scratch(L, block, 2, np.int32)
+    hashes = _scratch(L, 1, n_cand, np.uint64)  # the draws' first hashes, per pair
     grad = _scratch(L, 3, dim, np.float32)
     lane_loss = np.zeros((L, 8))
     lane_active = np.zeros((L, 8), np.int64)
@@ -255,7 +256,7 @@ def _train_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sp
                 _score_pairs(indptr, indices, bits, pairs, order, lo, min(lo + _CHUNK, hi0),
                              user_emb, item_emb, n_cand, margin, key, items, item_ptr, sptr, spos,
                              0, neg[0, lo - lo0:], viol[0, lo - lo0:],
-                             block_pairs[0, lo - lo0:])
+                             block_pairs[0, lo - lo0:], hashes[0, 0])
                 _atomic_add(ctl[t], 1, 1)
             _wait(ctl[t], 1, n_chunks)
             while True:  # (b): lanes, by any task
@@ -270,7 +271,8 @@ def _train_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sp
                     if L > 1:
                         _score_pairs(indptr, indices, bits, pairs, order, lo, hi, user_emb,
                                      item_emb, n_cand, margin, key, items, item_ptr, sptr, spos,
-                                     s, neg[lane], viol[lane], block_pairs[lane])
+                                     s, neg[lane], viol[lane], block_pairs[lane],
+                                     hashes[lane, 0])
                     loss, active = _update_block(block_pairs[lane], hi - lo, user_emb, user_acc,
                                                  item_emb, item_acc, margin, lr, clip_norm,
                                                  weights, grad[lane], neg[lane], viol[lane])
