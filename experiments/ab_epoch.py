@@ -13,10 +13,11 @@ change meant to leave the model alone should say True).
 
 Data: the bench's matrix (``bench_sampling.load_matrix``), U = 10, dim 64, TrainConfig's margin,
 lr, rank weight and clip, two lanes, blocks of 4096, the kernel's shuffle; tables 64-byte aligned
-as the Trainer's. The first epoch of each version (compilation or cache load, and the largest
-updates) is not timed. A version with ``prepare_pairs`` prepares the pairs once, untimed, and
-runs its epochs with ``run_epoch``, as the Trainer does; older versions time ``train_epoch``. Numba caches each copy under the temporary folder, so every run compiles
-afresh (about a minute per version).
+as the Trainer's, accumulators from the version's ``adagrad_accumulator`` where it has one. The
+first epoch of each version (compilation or cache load, and the largest updates) is not timed. A
+version with ``prepare_pairs`` prepares the pairs once, untimed, and runs its epochs with
+``run_epoch``, as the Trainer does; older versions time ``train_epoch``. Numba caches each copy
+under the temporary folder, so every run compiles afresh (about a minute per version).
 """
 
 from __future__ import annotations
@@ -92,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 versions[rev] = lambda e, t, mod=mod: mod.train_epoch(
                     indptr, indices, pu, pi, *t, epoch=e, **hp)
-            tables[rev] = [aligned(ue0), aligned(ie0), aligned(np.zeros_like(ue0)),
-                           aligned(np.zeros_like(ie0))]
+            ue, ie = aligned(ue0), aligned(ie0)
+            acc = getattr(mod, "adagrad_accumulator", lambda x: aligned(np.zeros_like(x)))
+            tables[rev] = [ue, ie, acc(ue), acc(ie)]  # each version's own accumulators
             print(f"compiling {rev} ...", file=sys.stderr, flush=True)
             versions[rev](0, tables[rev])
         times = {(rev, t): [] for rev in a.revs for t in a.threads}

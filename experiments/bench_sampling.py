@@ -181,8 +181,7 @@ def bench_cml(indptr, indices, n_items, U, dim, epochs, threads, lanes, optimize
         return aligned(x / np.maximum(1.0, np.linalg.norm(x, axis=1, keepdims=True)))
 
     ue, ie = init(n_users), init(n_items)
-    cols = 1 if optimizer == "adagrad_row" else dim
-    ua, ia = (aligned(np.zeros((len(x), cols), np.float32)) for x in (ue, ie))
+    ua, ia = (cpu_train.adagrad_accumulator(x, optimizer == "adagrad_row") for x in (ue, ie))
     d = TrainConfig()
     hp = dict(n_candidates=U, margin=d.margin, lr=d.lr, rank_weight=d.rank_weight,
               clip_norm=d.clip_norm, seed=seed, lanes=lanes, block_size=block)

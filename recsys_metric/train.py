@@ -388,9 +388,9 @@ class Trainer:
         user_emb, item_emb = model.users.weight.data.numpy(), model.items.weight.data.numpy()
         pairs = cpu_train.prepare_pairs(train.indptr, train.indices, *self._pairs(train),
                                         user_emb.shape[0], item_emb.shape[0])  # once per fit
-        cols = 1 if cfg.optimizer == "adagrad_row" else cfg.dim  # [n, 1]: row-wise Adagrad
-        user_acc = np.zeros((user_emb.shape[0], cols), np.float32)
-        item_acc = np.zeros((item_emb.shape[0], cols), np.float32)
+        rowwise = cfg.optimizer == "adagrad_row"  # [n, 1] accumulators
+        user_acc = cpu_train.adagrad_accumulator(user_emb, rowwise)
+        item_acc = cpu_train.adagrad_accumulator(item_emb, rowwise)
 
         def run(epoch: int) -> tuple[float, int]:  # the kernel shuffles the pairs itself
             loss_sum, active = cpu_train.run_epoch(
