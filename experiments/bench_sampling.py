@@ -9,6 +9,8 @@
     as BPR iterations) on the same matrix, run interleaved in one process so both see the
     same machine load; best of the rounds is kept. Element-wise and row-wise Adagrad; the
     default lanes, one lane, and lanes = threads with blocks of 4096 and 16384.
+(c) the headline pair (BPR, CML with the defaults) again for several interleaved rounds: the
+    per-round ratios and their median, as the machine's load moves both rates.
 
 Data: ML-1M (``../shared/datasets/ml-1m/ratings.dat``) when present, else a generated matrix of the
 same shape (6040 x 3706, ~1M nnz, Zipf-like item popularity, log-normal user degrees, seed 0).
@@ -284,6 +286,17 @@ def main(argv=None) -> dict:
             if key not in best or res[rate] > best[key][rate]:
                 best[key] = res
 
+    # the headline pair again, BPR then CML with the defaults, round after round: the spread of
+    # their ratio over rounds (on a shared machine CML's rate moves by up to ~12% between
+    # minutes, BPR's less; cpu_training.md)
+    pair_rounds = []
+    for r in range(2 if quick else 7):
+        log(f"[headline round {r + 1}] bpr, cml_u10 defaults ...")
+        b = bench_bpr(indptr, indices, n_items, iters, args.threads)["samples_per_s"]
+        c = bench_cml(indptr, indices, n_items, 10, 64, epochs, args.threads, d.lanes,
+                      d.optimizer, d.batch_size)["triplets_per_s"]
+        pair_rounds.append((b, c))
+    round_ratios = [c / b for b, c in pair_rounds]
     bpr = best[("bpr", args.threads, 0, "", 0, 64)]["samples_per_s"]
     lines = [
         f"Data: {desc}. Threads: {args.threads} (numba, torch, implicit); OPENBLAS_NUM_THREADS=1. "
@@ -352,6 +365,20 @@ def main(argv=None) -> dict:
         lines.append(f"| CML U={U} | {dim} | {th} | {lanes} | {block} | {opt} | "
                      f"{res['triplets_per_s'] / 1e6:.2f} M triplets | {ratio:.2f} | "
                      f"{res['active']:.2f} | {res['epoch_ns']:.0f} | {res['sampling_ns']:.0f} |")
+    lines += [
+        "",
+        f"### (c) The headline pair, {len(pair_rounds)} more interleaved rounds",
+        "",
+        f"implicit BPR then CML with the defaults (U=10, dim 64, {args.threads} threads), each "
+        "round a fresh fit as in (b); ratio = CML triplets/s over BPR samples/s of the same "
+        f"round. Median ratio **{np.median(round_ratios):.2f}**, range "
+        f"{min(round_ratios):.2f}-{max(round_ratios):.2f}.",
+        "",
+        "| round | BPR samples/s | CML triplets/s | ratio |",
+        "|---:|---:|---:|---:|",
+        *(f"| {r + 1} | {b / 1e6:.2f} M | {c / 1e6:.2f} M | {c / b:.2f} |"
+          for r, (b, c) in enumerate(pair_rounds)),
+    ]
     lines.append(f"\nTotal bench time {time.perf_counter() - t0:.0f} s.")
     table = "\n".join(lines)
     print(table)
@@ -378,6 +405,8 @@ def main(argv=None) -> dict:
                     "ratio": round(fastest[1]["ratio"], 3)},
         "ratios": {f"U={u} dim={dm} lanes={la} {o} block={b}": round(d["ratio"], 3)
                    for (u, la, o, b, dm), d in sorted(headline.items())},
+        "ratio_rounds": [round(x, 3) for x in round_ratios],
+        "ratio_median": round(float(np.median(round_ratios)), 3),
         "threads": args.threads,
         "sampler": [{k: (round(v) if isinstance(v, float) and v > 100 else v) for k, v in x.items()}
                     for x in sampler],

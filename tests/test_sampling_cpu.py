@@ -404,11 +404,13 @@ def test_run_epoch_on_pairs_prepared_once_is_train_epoch(lanes):
 
 @pytest.mark.parametrize("rowwise", [False, True])
 def test_adagrad_accumulator_is_zeros_half_a_page_from_its_table(rowwise):
-    emb = np.ones((1000, 64), np.float32)[1:]  # a table at any offset within its page
-    acc = cpu_train.adagrad_accumulator(emb, rowwise)
-    assert acc.shape == (999, 1 if rowwise else 64) and acc.dtype == np.float32
-    assert acc.flags.c_contiguous and acc.flags.writeable and not acc.any()
-    assert (acc.ctypes.data - emb.ctypes.data) % 4096 == 2048
+    base = np.ones((1000, 64), np.float32)
+    for emb in (base, base[1:], base.ravel()[3:3 + 999 * 64].reshape(999, 64)):  # any offsets
+        acc = cpu_train.adagrad_accumulator(emb, rowwise)
+        assert acc.shape == (len(emb), 1 if rowwise else 64) and acc.dtype == np.float32
+        assert acc.flags.c_contiguous and acc.flags.writeable and not acc.any()
+        assert acc.ctypes.data % 64 == 0
+        assert 2048 - 64 < (acc.ctypes.data - emb.ctypes.data) % 4096 <= 2048
 
 
 def test_strata_partition_the_items_evenly_and_change_every_epoch():

@@ -288,13 +288,15 @@ def _train_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sp
 
 def adagrad_accumulator(emb: np.ndarray, rowwise: bool = False) -> np.ndarray:
     """Zeroed float32 Adagrad accumulator for table ``emb``: ``emb``'s shape, or ``[n, 1]``
-    with ``rowwise``. Placed half a page (2 KB, modulo 4 KB) away from ``emb``: with every
-    table at the same offset within a page, as fresh allocations are, epochs ran 3-6% slower
+    with ``rowwise``. 64-byte aligned (two lanes' rows never share a cache line when the
+    table's rows are whole lines) and half a page (2 KB, modulo 4 KB) away from ``emb``: with
+    every table at one offset within a page, as fresh allocations are, epochs ran 3-6% slower
     on two threads (``cpu_training.md``)."""
     shape = (emb.shape[0], 1 if rowwise else emb.shape[1])
     nbytes = shape[0] * shape[1] * 4
     buf = np.zeros(nbytes + 4096, np.uint8)  # calloc'd: the pages are zeroed on first touch
-    start = (emb.ctypes.data + 2048 - buf.ctypes.data) % 4096
+    target = (emb.ctypes.data + 2048) % 4096 // 64 * 64  # offset within a page
+    start = (target - buf.ctypes.data) % 4096
     return buf[start:start + nbytes].view(np.float32).reshape(shape)
 
 
