@@ -1,10 +1,12 @@
 """A fused CML training epoch on CPU, as numba kernels, on top of the :mod:`.cpu` sampler.
 
-:func:`train_epoch` runs one CML epoch (hardest-of-U negative, WARP rank weight, Adagrad, clipping)
-in blocks of ``block_size`` pairs: (a) every pair's hardest negative against the tables as they
-are at the block start, then (b) the updates in pair order, each hinge recomputed on the current
-rows. Negatives from the block start, rather than drawn just before each update, gave better
-models on every validation split (block 4096 vs 1: ml-latest-small NDCG@10 +11%, ml-100k +4%;
+:func:`run_epoch` runs one CML epoch (hardest-of-U negative, WARP rank weight, Adagrad, clipping)
+over pairs laid out once per fit by :func:`prepare_pairs` (:func:`train_epoch` does both, for a
+single epoch), on accumulators from :func:`adagrad_accumulator`, in blocks of ``block_size``
+pairs: (a) every pair's hardest negative against the tables as they are at the block start,
+then (b) the updates in pair order, each hinge recomputed on the current rows. Negatives from
+the block start, rather than drawn just before each update, gave better models on every
+validation split (block 4096 vs 1: ml-latest-small NDCG@10 +11%, ml-100k +4%;
 ``experiments/results/cpu_training.md``).
 
 Lanes run blocks in parallel on disjoint rows, as in stratified SGD for matrix factorisation
