@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--U", type=int, default=10)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--instances", type=int, default=1,
+                    help="copies of each version's tables and prepared pairs, timed in turn")
     a = ap.parse_args(argv)
     import numba
 
@@ -86,39 +88,46 @@ def main(argv: list[str] | None = None) -> None:
             name = f"ab_v{k}"
             snapshot(rev, Path(tmp) / name)
             mod = importlib.import_module(f"{name}.cpu_train")
-            if hasattr(mod, "prepare_pairs"):  # prepared once per fit, as the Trainer does
-                pairs = mod.prepare_pairs(indptr, indices, pu, pi, n_users, n_items)
-                versions[rev] = lambda e, t, mod=mod, pairs=pairs: mod.run_epoch(
-                    pairs, *t, epoch=e, **hp)
-            else:
-                versions[rev] = lambda e, t, mod=mod: mod.train_epoch(
-                    indptr, indices, pu, pi, *t, epoch=e, **hp)
-            ue, ie = aligned(ue0), aligned(ie0)
             acc = getattr(mod, "adagrad_accumulator", lambda x: aligned(np.zeros_like(x)))
-            tables[rev] = [ue, ie, acc(ue), acc(ie)]  # each version's own accumulators
+            for i in range(a.instances):  # each its own memory: its own pages
+                if hasattr(mod, "prepare_pairs"):  # prepared once per fit, as the Trainer does
+                    pairs = mod.prepare_pairs(indptr, indices, pu, pi, n_users, n_items)
+                    versions[rev, i] = lambda e, t, mod=mod, pairs=pairs: mod.run_epoch(
+                        pairs, *t, epoch=e, **hp)
+                else:
+                    versions[rev, i] = lambda e, t, mod=mod: mod.train_epoch(
+                        indptr, indices, pu, pi, *t, epoch=e, **hp)
+                ue, ie = aligned(ue0), aligned(ie0)
+                tables[rev, i] = [ue, ie, acc(ue), acc(ie)]  # each version's own accumulators
             print(f"compiling {rev} ...", file=sys.stderr, flush=True)
-            versions[rev](0, tables[rev])
+            versions[rev, 0](0, tables[rev, 0])
+            for i in range(1, a.instances):
+                versions[rev, i](0, tables[rev, i])
         times = {(rev, t): [] for rev in a.revs for t in a.threads}
+        per = {(key, t): [] for key in versions for t in a.threads}  # by instance
         epoch = 1
         for _ in range(a.rounds):
             for t in a.threads:
                 numba.set_num_threads(t)
-                for rev, run in versions.items():
+                for (rev, i), run in versions.items():
                     t0 = time.perf_counter()
-                    run(epoch, tables[rev])
+                    run(epoch, tables[rev, i])
                     times[(rev, t)].append(1e9 * (time.perf_counter() - t0) / len(pu))
+                    per[(rev, i), t].append(times[(rev, t)][-1])
                 epoch += 1
-    print(f"{desc}; U={a.U}, dim {a.dim}, {a.rounds} rounds\n")
-    print("| version | threads | min ns/pair | median ns/pair | speed vs first |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"{desc}; U={a.U}, dim {a.dim}, {a.rounds} rounds x {a.instances} instances\n")
+    print("| version | threads | min ns/pair | median ns/pair | speed vs first | instances' "
+          "medians |")
+    print("|---|---:|---:|---:|---:|---|")
     for t in a.threads:
         first = float(np.median(times[(a.revs[0], t)]))
         for rev in a.revs:
             v = times[(rev, t)]
+            inst = " ".join(f"{np.median(per[(rev, i), t]):.1f}" for i in range(a.instances))
             print(f"| {rev} | {t} | {min(v):.1f} | {np.median(v):.1f} | "
-                  f"{first / np.median(v):.3f} |")
-    same = all(np.array_equal(x, y) for rev in a.revs
-               for x, y in zip(tables[a.revs[0]], tables[rev], strict=True))
+                  f"{first / np.median(v):.3f} | {inst} |")
+    same = all(np.array_equal(x, y) for key in tables
+               for x, y in zip(tables[a.revs[0], 0], tables[key], strict=True))
     print(f"\nbit-identical tables: {same}")
 
 

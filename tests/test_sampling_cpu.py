@@ -243,7 +243,7 @@ def slow_strata_epoch(indptr, indices, pu, pi, ue, ie, ua, ia, *, U, seed, epoch
     pairs = strata.prepare_pairs(indptr, indices, pu, pi, len(ue), ie.shape[0])
     pos = np.empty(len(pu), np.int32)
     bptr = strata._visit_order(pairs.pairs, strata._lanes(pairs.user_ptr, L), stratum_of,
-                               np.int64(L), key, shuffle, pos)
+                               np.int64(L), key, shuffle, pos, np.int64(block))
     lane_of = np.empty(len(pu), np.int64)  # lane of each pair
     lane_of[pos] = np.repeat(np.arange(L * L) // L, np.diff(bptr))
     assert (np.diff(lane_of[np.argsort(pu, kind="stable")]) >= 0).all()  # user ranges
@@ -432,19 +432,28 @@ def test_strata_partition_the_items_evenly_and_change_every_epoch():
     assert (splits[0] != splits[1]).mean() > 0.4 and (splits[1] != splits[2]).mean() > 0.4
 
 
-def test_shuffle_is_a_uniform_permutation_within_each_bucket():
-    n = 2500  # one lane and stratum: 2 random bins of ~1250 pairs, each shuffled
+def test_shuffle_draws_random_blocks_each_in_the_callers_order():
+    n, block = 2500, 500  # one lane and stratum: 5 random bins of ~500 pairs, in order
     pairs = np.stack([np.zeros(n, np.int32), np.arange(n, dtype=np.int32)], axis=1)
-    where = np.zeros((3, n), np.int64)  # positions of pairs 0, 1250, 2499 over many epochs
+    where = np.zeros((3, 5), np.int64)  # bins of pairs 0, 1250, 2499 over many epochs
     pos = np.empty(n, np.int32)
-    for epoch in range(2000):
+    orders = set()
+    for epoch in range(1000):
         ptr = strata._visit_order(pairs, np.zeros(1, np.int64), np.zeros(n, np.int64),
-                                  np.int64(1), strata._stream_key(0, epoch), True, pos)
+                                  np.int64(1), strata._stream_key(0, epoch), True, pos,
+                                  np.int64(block))
         assert ptr.tolist() == [0, n] and np.array_equal(np.sort(pos), np.arange(n))
+        run = np.concatenate([[0], np.cumsum(np.diff(pos) < 0)])  # ascending runs: the bins
+        assert run[-1] <= 4
         for r, g in enumerate((0, 1250, 2499)):
-            where[r, np.flatnonzero(pos == g)[0]] += 1
-    for r in range(3):
-        assert chisquare(where[r].reshape(25, 100).sum(1)).pvalue > 1e-3
+            where[r, run[pos == g][0]] += 1
+        orders.add(pos[:50].tobytes())
+    assert len(orders) == 1000  # a new sample each epoch
+    for r in range(3):  # each pair in each bin with equal probability
+        assert chisquare(where[r]).pvalue > 1e-3
+    strata._visit_order(pairs, np.zeros(1, np.int64), np.zeros(n, np.int64), np.int64(1),
+                        strata._stream_key(0, 0), False, pos, np.int64(block))
+    assert np.array_equal(pos, np.arange(n))  # no shuffle: the caller's order
 
 
 @pytest.mark.parametrize("lanes", [2, 3])  # 3: more lanes than threads

@@ -25,8 +25,9 @@ moving between cores) and lanes with private item copies merged after each block
 cost as much as the updates on an ML-1M-sized catalogue).
 
 One lane is the plain sequential loop: the whole catalogue, every block scored by all threads,
-then updated in order. With ``shuffle`` the kernel draws the epoch's pair order itself (a
-uniform permutation within each bucket, built in parallel) instead of the caller's.
+then updated in order. With ``shuffle`` the kernel draws the epoch's blocks itself (each a
+random sample of its bucket, visited in the caller's order; built in parallel) instead of taking
+the caller's order as it is.
 
 numba is imported behind a guard (see :mod:`._numba_ops`): without it this module still imports
 and :func:`train_epoch` raises ``ImportError``.
@@ -392,8 +393,9 @@ def run_epoch(
     block_size : int
         Pairs per lane whose negatives are drawn against the same tables.
     shuffle : bool
-        Visit the pairs in a random order drawn from ``(seed, epoch)`` (the Trainer's choice)
-        rather than in the caller's order.
+        Draw each block as a random sample of its bucket's pairs, from ``(seed, epoch)``, and
+        visit it in the caller's order (the Trainer's choice; see ``strata._visit_order``),
+        rather than cutting the caller's order into blocks as it is.
 
     Extra memory: the visiting order (4 B per pair), the positives by stratum (a bit-set of at
     most ``BITSET_BUDGET_BYTES``, else 4 B per positive) and ``O(lanes * block_size)``, whatever
@@ -416,11 +418,11 @@ def run_epoch(
     if lanes < 1 or block_size < 1:
         raise ValueError("lanes and block_size must be >= 1")
     key = _stream_key(seed, epoch)
-    plan = plan_epoch(pairs, lanes, key, bool(shuffle), len(pairs) * n_candidates)
+    block = min(block_size, max(1, len(pairs)))
+    plan = plan_epoch(pairs, lanes, key, bool(shuffle), block, len(pairs) * n_candidates)
     loss, active = _train_kernel(
         pairs.indptr, pairs.indices, pairs.pairs, *plan, user_emb, user_acc, item_emb, item_acc,
         np.int64(n_candidates), np.float32(margin), np.float32(lr), bool(rank_weight),
-        np.float32(clip_norm), key, np.int64(min(block_size, max(1, len(pairs)))),
-        np.int64(numba.get_num_threads()),
+        np.float32(clip_norm), key, np.int64(block), np.int64(numba.get_num_threads()),
     )
     return float(loss), int(active)
