@@ -85,30 +85,46 @@ def _hash(key, ctr):
     return z ^ (z >> np.uint64(31))
 
 
-@intrinsic
-def _prefetch(typingctx, arr, row, col):
-    """``llvm.prefetch`` of the cache line holding ``arr[row, col]`` (no bounds check)."""
+def _prefetch_hint(locality: int):
+    """An intrinsic ``f(arr, row, col)``: ``llvm.prefetch`` (read, data) of the cache line
+    holding ``arr[row, col]`` (no bounds check), with temporal ``locality`` 0-3."""
 
-    def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        idx = [context.cast(builder, v, t, types.intp)
-               for v, t in zip(args[1:], sig.args[1:], strict=True)]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
-        )
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
-        return context.get_dummy_value()
+    @intrinsic
+    def prefetch(typingctx, arr, row, col):
+        def codegen(context, builder, sig, args):
+            aryty = sig.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            idx = [context.cast(builder, v, t, types.intp)
+                   for v, t in zip(args[1:], sig.args[1:], strict=True)]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx)
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(locality), i32(1)])
+            return context.get_dummy_value()
 
-    return types.void(arr, row, col), codegen
+        return types.void(arr, row, col), codegen
+
+    return prefetch
+
+
+_prefetch = _prefetch_hint(3)  # into every cache level (prefetcht0)
+# non-temporal (prefetchnta): for data read once per use (a pair's record, a user's bit row),
+# which would otherwise push the reused item rows out of L2
+_prefetch_nta = _prefetch_hint(0)
 
 
 @njit(inline="always")
 def _prefetch_row(a, r):
     for d in range(0, a.shape[1], 64 // a.itemsize):
         _prefetch(a, r, d)
+
+
+@njit(inline="always")
+def _prefetch_row_nta(a, r):
+    for d in range(0, a.shape[1], 64 // a.itemsize):
+        _prefetch_nta(a, r, d)
 
 
 def _elem_ptr(context, builder, sig, args):

@@ -41,8 +41,9 @@ from ._numba_ops import (
     _PAR,
     _atomic_add,
     _atomic_load,
-    _prefetch,
+    _prefetch_nta,
     _prefetch_row,
+    _prefetch_row_nta,
     _require_numba,
     _stream_key,
     _yield,
@@ -50,7 +51,7 @@ from ._numba_ops import (
     numba,
     prange,
 )
-from .cpu import _prefetch_pair, _score_sampled, _sqdist
+from .cpu import _score_sampled, _sqdist
 from .strata import EpochPairs, _score_stratum, plan_epoch, prepare_pairs
 
 _PREFETCH = 2  # pairs ahead whose rows the updates prefetch
@@ -154,13 +155,17 @@ def _score_pairs(indptr, indices, bits, pairs, order, lo, hi, user_emb, item_emb
     user and stratum). The pairs themselves are gathered into ``block_pairs`` for (b)."""
     L = item_ptr.shape[0] - 1
     for k in range(lo, hi):
-        if k + _GATHER_AHEAD < hi:  # a random record of the pairs: start loading it now
-            _prefetch(pairs, order[k + _GATHER_AHEAD], 0)
+        # the next records and bit rows are read once: non-temporal prefetches, which leave
+        # L2 to the item rows (+2% on two threads, same tables)
+        if k + _GATHER_AHEAD < hi:  # a record of the pairs: start loading it now
+            _prefetch_nta(pairs, order[k + _GATHER_AHEAD], 0)
         if k + 1 < hi:
             g1 = order[k + 1]
             un = pairs[g1, 0]
-            _prefetch_pair(bits, un if L == 1 else un * L + s, user_emb, item_emb, un,
-                           pairs[g1, 1])
+            _prefetch_row(user_emb, un)
+            _prefetch_row(item_emb, pairs[g1, 1])
+            if bits.shape[0] > 0:
+                _prefetch_row_nta(bits, un if L == 1 else un * L + s)
         g = order[k]
         u, p = pairs[g, 0], pairs[g, 1]
         block_pairs[k - lo, 0], block_pairs[k - lo, 1] = u, p
