@@ -317,6 +317,33 @@ def test_train_epoch_matches_slow_strata(threads, lanes, rank_weight, clip, roww
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [8, 32, 40, 64, 128])
+def test_sqdist_vector_code_is_the_distance(dim):
+    """dims 32, 64, 128 take the straight-line vector intrinsic, the others the loop."""
+    dist = numba.njit(lambda a, ia, b, ib: cpu._sqdist(a, ia, b, ib))
+    rng = np.random.default_rng(dim)
+    a = rng.standard_normal((5, dim)).astype(np.float32)
+    b = rng.standard_normal((7, dim)).astype(np.float32)
+    for ia, ib in [(0, 0), (4, 6), (2, 3)]:
+        want = float(((a[ia].astype(np.float64) - b[ib]) ** 2).sum())
+        assert dist(a, ia, b, ib) == pytest.approx(want, rel=1e-5)
+    assert dist(a, 1, a, 1) == 0.0
+
+
+def test_train_epoch_matches_slow_strata_at_dim_64(threads):  # the vector distance, in an epoch
+    indptr, indices, pu, pi, ue, ie = toy_problem(seed=5, n_users=40, n_items=30, dim=64)
+    kw = dict(margin=0.8, lr=0.05, rank_weight=True, seed=2)
+    fast = [ue.copy(), ie.copy(), *accumulators(ue, ie, False)]
+    slow = [a.copy() for a in fast]
+    got = cpu_train.train_epoch(indptr, indices, pu, pi, *fast, n_candidates=5, clip_norm=1.0,
+                                epoch=0, lanes=2, block_size=40, shuffle=True, **kw)
+    want = slow_strata_epoch(indptr, indices, pu, pi, *slow, U=5, clip=1.0, epoch=0, lanes=2,
+                             block=40, shuffle=True, **kw)
+    assert got[1] == want[1] > 0
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("rowwise", [False, True])
 def test_blocks_of_one_pair_are_the_sequential_loop(threads, rowwise):
     indptr, indices, pu, pi, ue, ie = toy_problem(seed=2)

@@ -35,6 +35,7 @@ from ._numba_ops import (
     _mulhi,
     _prefetch_row,
     _require_numba,
+    _sqdist_rows,
     _stream_key,
     njit,
     prange,
@@ -43,6 +44,7 @@ from .reference import check_catalogue
 
 __all__ = ["BITSET_BUDGET_BYTES", "HAS_NUMBA", "hardest_negatives", "sample_uniform"]
 
+_sqdist32, _sqdist64, _sqdist128 = (_sqdist_rows(d) for d in (32, 64, 128))
 _TRIES = 4  # rejection draws before the rank map; a user with half the catalogue falls back 1/16
 # Largest positives bit-set (n_users x n_items bits) built to speed up the membership test.
 BITSET_BUDGET_BYTES = 64 << 20
@@ -112,6 +114,13 @@ def _build_bits(indptr, indices, n_items):
 
 @njit(inline="always")
 def _sqdist(a, ia, b, ib):
+    dim = a.shape[1]  # the usual widths as straight-line vector code (a branch LLVM hoists)
+    if dim == 64:
+        return _sqdist64(a, ia, b, ib)
+    if dim == 32:
+        return _sqdist32(a, ia, b, ib)
+    if dim == 128:
+        return _sqdist128(a, ia, b, ib)
     s = np.float32(0.0)
     for d in range(a.shape[1]):
         t = a[ia, d] - b[ib, d]
