@@ -330,8 +330,10 @@ def test_sqdist_vector_code_is_the_distance(dim):
     assert dist(a, 1, a, 1) == 0.0
 
 
-def test_train_epoch_matches_slow_strata_at_dim_64(threads):  # the vector distance, in an epoch
-    indptr, indices, pu, pi, ue, ie = toy_problem(seed=5, n_users=40, n_items=30, dim=64)
+@pytest.mark.parametrize("dim", [32, 64])
+def test_train_epoch_matches_slow_strata_at_vector_widths(threads, dim):
+    """dims 32, 64, 128 take the vector code (distances, triplet updates) in an epoch"""
+    indptr, indices, pu, pi, ue, ie = toy_problem(seed=5, n_users=40, n_items=30, dim=dim)
     kw = dict(margin=0.8, lr=0.05, rank_weight=True, seed=2)
     fast = [ue.copy(), ie.copy(), *accumulators(ue, ie, False)]
     slow = [a.copy() for a in fast]

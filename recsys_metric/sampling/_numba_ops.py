@@ -115,61 +115,143 @@ _prefetch = _prefetch_hint(3)  # into every cache level (prefetcht0)
 _prefetch_nta = _prefetch_hint(0)
 
 
+def _vec_row(context, builder, sig, args, i, j, vt):
+    """``<width x float>*`` to row ``args[j]`` of table ``args[i]``."""
+    arr = context.make_array(sig.args[i])(context, builder, args[i])
+    r = context.cast(builder, args[j], sig.args[j], types.intp)
+    ptr = cgutils.get_item_pointer(context, builder, sig.args[i], arr, [r, ir.IntType(64)(0)])
+    return builder.bitcast(ptr, vt.as_pointer())
+
+
+def _vec_sum_sq(builder, fma, xs, vt):
+    """sum(x ** 2) over the vectors ``xs`` in the loop vectoriser's order: chunk ``k`` into
+    accumulator ``k % 4`` (explicit ``llvm.fma``, so the fastmath pass cannot reassociate),
+    then ``(a0 + a1) + (a2 + a3)`` and halving."""
+    acc = [ir.Constant(vt, [0.0] * vt.count)] * 4
+    for k, x in enumerate(xs):
+        acc[k % 4] = builder.call(fma, [x, x, acc[k % 4]])
+    v = builder.fadd(builder.fadd(acc[0], acc[1]), builder.fadd(acc[2], acc[3]))
+    n = vt.count
+    while n > 1:  # halving: lanes i and i + n/2
+        h = n // 2
+        i32v = ir.VectorType(ir.IntType(32), h)
+        v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(h)))),
+                         builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(h, n)))))
+        n = h
+    return builder.extract_element(v, ir.IntType(32)(0))
+
+
+def _is_table(t) -> bool:
+    return (isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C"
+            and t.dtype == types.float32)
+
+
+_WIDTH = 8  # floats per vector: 256-bit (512-bit code ran slower here, cpu_training.md)
+
+
 def _sqdist_rows(dim: int):
     """An intrinsic ``f(a, ia, b, ib) -> float32``: ``sum((a[ia] - b[ib]) ** 2)`` for C-contiguous
-    float32 tables of ``dim`` columns (a multiple of 32), as straight-line 8-float vector code.
+    float32 tables of ``dim`` columns (a multiple of 32), as straight-line vector code.
 
-    The summation order is the one LLVM's vectorised loop takes (8-float chunk ``k`` into
-    accumulator ``k % 4``, then ``(a0 + a1) + (a2 + a3)`` and halving), so the results are those
-    of the plain loop, bit for bit. What changes: no loop, no remainder paths, and a row that
-    several calls read (the user's, over a pair's candidates) can stay in registers. Scoring ten
-    candidates: 91 -> 76 ns per pair in a microbenchmark (``cpu_training.md``).
+    The summation order is the one LLVM's vectorised loop takes (:func:`_vec_sum_sq`), so the
+    results are those of the plain loop, bit for bit. What changes: no loop, no remainder
+    paths, and a row that several calls read (the user's, over a pair's candidates) can stay in
+    registers. Epochs +6% on one and two threads (``cpu_training.md``).
     """
     assert dim % 32 == 0
-    width = 8
 
     @intrinsic
     def sqdist(typingctx, a, ia, b, ib):
-        for t in (a, b):
-            if not (isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C"
-                    and t.dtype == types.float32):
-                return None
+        if not (_is_table(a) and _is_table(b)):
+            return None
 
         def codegen(context, builder, sig, args):
-            vt = ir.VectorType(ir.FloatType(), width)
-            i64 = ir.IntType(64)
-            rows = []
-            for aryty, ary, idx, idxty in ((sig.args[0], args[0], args[1], sig.args[1]),
-                                           (sig.args[2], args[2], args[3], sig.args[3])):
-                arr = context.make_array(aryty)(context, builder, ary)
-                i = context.cast(builder, idx, idxty, types.intp)
-                ptr = cgutils.get_item_pointer(context, builder, aryty, arr, [i, i64(0)])
-                rows.append(builder.bitcast(ptr, vt.as_pointer()))
-            # llvm.fma, not fmul + fadd: numba's fastmath pass would let LLVM reassociate those
-            # into one serial chain
+            vt = ir.VectorType(ir.FloatType(), _WIDTH)
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{width}f32")
-            acc = [ir.Constant(vt, [0.0] * width)] * 4
-            for k in range(dim // width):
-                x = builder.load(builder.gep(rows[0], [i64(k)]), align=4)
-                y = builder.load(builder.gep(rows[1], [i64(k)]), align=4)
-                d = builder.fsub(x, y)
-                acc[k % 4] = builder.call(fma, [d, d, acc[k % 4]])
-            v = builder.fadd(builder.fadd(acc[0], acc[1]), builder.fadd(acc[2], acc[3]))
-            n = width
-            while n > 1:  # halving: lanes i and i + n/2
-                h = n // 2
-                lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), h),
-                                                              list(range(h))))
-                hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), h),
-                                                              list(range(h, n))))
-                v = builder.fadd(lo, hi)
-                n = h
-            return builder.extract_element(v, ir.IntType(32)(0))
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{_WIDTH}f32")
+            ra, rb = (_vec_row(context, builder, sig, args, i, i + 1, vt) for i in (0, 2))
+            i64 = ir.IntType(64)
+            ds = [builder.fsub(builder.load(builder.gep(ra, [i64(k)]), align=4),
+                               builder.load(builder.gep(rb, [i64(k)]), align=4))
+                  for k in range(dim // _WIDTH)]
+            return _vec_sum_sq(builder, fma, ds, vt)
 
         return types.float32(a, ia, b, ib), codegen
 
     return sqdist
+
+
+def _triplet_rows(dim: int):
+    """An intrinsic ``f(user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n,
+    w2, lr, eps2, clip)``: the update of one triplet, element-wise Adagrad on the rows ``u``,
+    ``p``, ``n`` by the gradients of ``w2 / 2 * (d(u,p) - d(u,n))`` from the pre-update rows,
+    then each row clipped to norm ``clip`` (if ``clip > 0``), as straight-line vector code for
+    ``dim`` columns (a multiple of 32); the same arithmetic as ``cpu_train._step``'s loops.
+
+    The rows stay in registers from the gradients to the clipping: one load and one store per
+    row, no gradient scratch, and the clipping a multiply by 1 when the row is inside the ball.
+    """
+    assert dim % 32 == 0
+
+    @intrinsic
+    def triplet(typingctx, ue, ua, u, ie, ia, p, ie2, ia2, n, w2, lr, eps2, clip):
+        if not all(_is_table(t) for t in (ue, ua, ie, ia, ie2, ia2)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            f32 = ir.FloatType()
+            vt = ir.VectorType(f32, _WIDTH)
+            i64 = ir.IntType(64)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{_WIDTH}f32")
+            vsqrt = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt]), f"llvm.sqrt.v{_WIDTH}f32")
+            ssqrt = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(f32, [f32]), "llvm.sqrt.f32")
+            ru, rua, rp, rpa, rn, rna = (_vec_row(context, builder, sig, args, i, j, vt)
+                                         for i, j in ((0, 2), (1, 2), (3, 5), (4, 5), (6, 8),
+                                                      (7, 8)))
+
+            def splat(x):
+                return builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.IntType(32)(0)),
+                    ir.Constant(vt, ir.Undefined),
+                    ir.Constant(ir.VectorType(ir.IntType(32), _WIDTH), [0] * _WIDTH))
+
+            w2, lr, eps2, clip = args[9:13]
+            vw2, vnw2, vlr, veps2 = splat(w2), splat(builder.fneg(w2)), splat(lr), splat(eps2)
+            one = ir.Constant(vt, [1.0] * _WIDTH)
+            K = dim // _WIDTH
+
+            def load(r, k):
+                return builder.load(builder.gep(r, [i64(k)]), align=4)
+
+            U = [load(ru, k) for k in range(K)]
+            P = [load(rp, k) for k in range(K)]
+            N = [load(rn, k) for k in range(K)]
+            grads = ([builder.fmul(vw2, builder.fsub(N[k], P[k])) for k in range(K)],
+                     [builder.fmul(vnw2, builder.fsub(U[k], P[k])) for k in range(K)],
+                     [builder.fmul(vw2, builder.fsub(U[k], N[k])) for k in range(K)])
+            for (re, ra), X, G in zip(((ru, rua), (rp, rpa), (rn, rna)), (U, P, N), grads,
+                                      strict=True):
+                new = []
+                for k in range(K):
+                    a = builder.fadd(load(ra, k), builder.fmul(G[k], G[k]))
+                    builder.store(a, builder.gep(ra, [i64(k)]), align=4)
+                    r = builder.fdiv(one, builder.call(vsqrt, [builder.fadd(a, veps2)]))
+                    new.append(builder.fsub(X[k], builder.fmul(builder.fmul(vlr, G[k]), r)))
+                norm = builder.call(ssqrt, [_vec_sum_sq(builder, fma, new, vt)])
+                clipped = builder.and_(builder.fcmp_ordered(">", clip, f32(0.0)),
+                                       builder.fcmp_ordered(">", norm, clip))
+                scale = splat(builder.select(clipped, builder.fdiv(clip, norm), f32(1.0)))
+                for k in range(K):  # x * 1 == x: the unclipped rows as they are
+                    builder.store(builder.fmul(new[k], scale), builder.gep(re, [i64(k)]),
+                                  align=4)
+            return context.get_dummy_value()
+
+        return types.void(ue, ua, u, ie, ia, p, ie2, ia2, n, w2, lr, eps2, clip), codegen
+
+    return triplet
 
 
 @njit(inline="always")

@@ -46,6 +46,7 @@ from ._numba_ops import (
     _prefetch_row_nta,
     _require_numba,
     _stream_key,
+    _triplet_rows,
     _yield,
     njit,
     numba,
@@ -54,6 +55,7 @@ from ._numba_ops import (
 from .cpu import _score_sampled, _sqdist
 from .strata import EpochPairs, _score_stratum, plan_epoch, prepare_pairs
 
+_triplet32, _triplet64, _triplet128 = (_triplet_rows(d) for d in (32, 64, 128))
 _PREFETCH = 2  # pairs ahead whose rows the updates prefetch
 _GATHER_AHEAD = 4  # pairs ahead whose record the scoring prefetches
 _CHUNK = 64  # pairs per claim in the scoring phase
@@ -112,6 +114,19 @@ def _step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_n
         return np.float32(0.0)
     eps = np.float32(1e-10)
     w2 = np.float32(2.0) * w
+    dim = user_emb.shape[1]  # element-wise Adagrad at the usual widths: vector code, same steps
+    if user_acc.shape[1] == dim and dim == 64:
+        _triplet64(user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n, w2, lr,
+                   eps * eps, clip_norm)
+        return h
+    if user_acc.shape[1] == dim and dim == 32:
+        _triplet32(user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n, w2, lr,
+                   eps * eps, clip_norm)
+        return h
+    if user_acc.shape[1] == dim and dim == 128:
+        _triplet128(user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n, w2, lr,
+                    eps * eps, clip_norm)
+        return h
     gu, gp, gn = grad[0], grad[1], grad[2]
     # all three gradients from pre-update rows, into scratch; then one loop per row: loops over
     # separate arrays vectorise, one fused loop over all six rows did not (aliasing)
