@@ -56,7 +56,7 @@ from .cpu import _score_sampled, _sqdist
 from .strata import EpochPairs, _score_stratum, plan_epoch, prepare_pairs
 
 _triplet32, _triplet64, _triplet128 = (_triplet_rows(d) for d in (32, 64, 128))
-_PREFETCH = 2  # pairs ahead whose rows the updates prefetch
+_PREFETCH = 3  # pairs ahead whose rows the updates prefetch (2: -2.5% with the vector update)
 _GATHER_AHEAD = 4  # pairs ahead whose record the scoring prefetches
 _CHUNK = 64  # pairs per claim in the scoring phase
 
