@@ -392,7 +392,7 @@ class Trainer:
         user_acc = cpu_train.adagrad_accumulator(user_emb, rowwise)
         item_acc = cpu_train.adagrad_accumulator(item_emb, rowwise)
 
-        def run(epoch: int) -> tuple[float, int]:  # the kernel shuffles the pairs itself
+        def run(epoch: int) -> tuple[float, int]:  # the kernel draws its random blocks itself
             loss_sum, active = cpu_train.run_epoch(
                 pairs, user_emb, item_emb, user_acc, item_acc, n_candidates=self.n_negatives,
                 margin=cfg.margin, lr=cfg.lr, rank_weight=cfg.rank_weight,
