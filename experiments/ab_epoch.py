@@ -10,6 +10,7 @@ change meant to leave the model alone should say True).
 
     .venv/bin/python experiments/ab_epoch.py HEAD~1 .            # the last commit vs the tree
     .venv/bin/python experiments/ab_epoch.py 359bdfd HEAD --threads 2 --rounds 8
+    .venv/bin/python experiments/ab_epoch.py HEAD . --instances 3   # placement moves +-4%
 
 Data: the bench's matrix (``bench_sampling.load_matrix``), U = 10, dim 64, TrainConfig's margin,
 lr, rank weight and clip, two lanes, blocks of 4096, the kernel's shuffle; tables 64-byte aligned
@@ -100,11 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                 ue, ie = aligned(ue0), aligned(ie0)
                 tables[rev, i] = [ue, ie, acc(ue), acc(ie)]  # each version's own accumulators
             print(f"compiling {rev} ...", file=sys.stderr, flush=True)
-            versions[rev, 0](0, tables[rev, 0])
-            for i in range(1, a.instances):
+            for i in range(a.instances):
                 versions[rev, i](0, tables[rev, i])
-        times = {(rev, t): [] for rev in a.revs for t in a.threads}
-        per = {(key, t): [] for key in versions for t in a.threads}  # by instance
+        per = {(key, t): [] for key in versions for t in a.threads}  # by version and instance
         epoch = 1
         for _ in range(a.rounds):
             for t in a.threads:
@@ -112,13 +111,14 @@ def main(argv: list[str] | None = None) -> None:
                 for (rev, i), run in versions.items():
                     t0 = time.perf_counter()
                     run(epoch, tables[rev, i])
-                    times[(rev, t)].append(1e9 * (time.perf_counter() - t0) / len(pu))
-                    per[(rev, i), t].append(times[(rev, t)][-1])
+                    per[(rev, i), t].append(1e9 * (time.perf_counter() - t0) / len(pu))
                 epoch += 1
     print(f"{desc}; U={a.U}, dim {a.dim}, {a.rounds} rounds x {a.instances} instances\n")
     print("| version | threads | min ns/pair | median ns/pair | speed vs first | instances' "
           "medians |")
     print("|---|---:|---:|---:|---:|---|")
+    times = {(rev, t): sum((per[(rev, i), t] for i in range(a.instances)), [])
+             for rev in a.revs for t in a.threads}
     for t in a.threads:
         first = float(np.median(times[(a.revs[0], t)]))
         for rev in a.revs:

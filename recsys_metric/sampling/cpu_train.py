@@ -114,18 +114,17 @@ def _step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_n
         return np.float32(0.0)
     eps = np.float32(1e-10)
     w2 = np.float32(2.0) * w
-    dim = user_emb.shape[1]  # element-wise Adagrad at the usual widths: vector code, same steps
-    if user_acc.shape[1] == dim and dim == 64:
-        _triplet64(user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n, w2, lr,
-                   eps * eps, clip_norm)
-        return h
-    if user_acc.shape[1] == dim and dim == 32:
-        _triplet32(user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n, w2, lr,
-                   eps * eps, clip_norm)
-        return h
-    if user_acc.shape[1] == dim and dim == 128:
-        _triplet128(user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n, w2, lr,
-                    eps * eps, clip_norm)
+    dim = user_emb.shape[1]
+    if user_acc.shape[1] == dim and (dim == 32 or dim == 64 or dim == 128):
+        # element-wise Adagrad at the usual widths: the same steps as vector code
+        rows = (user_emb, user_acc, u, item_emb, item_acc, p, item_emb, item_acc, n, w2, lr,
+                eps * eps, clip_norm)
+        if dim == 64:
+            _triplet64(*rows)
+        elif dim == 32:
+            _triplet32(*rows)
+        else:
+            _triplet128(*rows)
         return h
     gu, gp, gn = grad[0], grad[1], grad[2]
     # all three gradients from pre-update rows, into scratch; then one loop per row: loops over
