@@ -170,9 +170,11 @@ def _print_extras(result: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .modeldir import check_target
     from .recommender import Recommender
 
     config = _config(args)
+    check_target(args.out)  # before any work: never train a model that cannot be saved
     data = _read(args)
     if args.items:
         data.item_names = read_item_names(args.items)
@@ -356,11 +358,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .compare import format_table, run_comparison
+    from .modeldir import check_target
     from .recommender import Recommender
 
     ratings, items = BUNDLED / "ratings.csv", BUNDLED / "items.csv"
     if not ratings.is_file():
         raise ValueError(f"{ratings}: the bundled dataset is missing (run from a source checkout)")
+    check_target(args.out)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     data = read_ratings(ratings)
     data.item_names = read_item_names(items)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -14,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from . import __version__
+from . import __version__, modeldir
 from .data import IdMap, Interactions
 from .index import AnnoyIndex, ExactIndex, resolve_index
 from .model import pairwise_squared_distance
 from .split import validation_split
 from .train import TimeOrderWarning, TrainConfig, Trainer
 
-FORMAT = 1
+FORMAT = 2  # of config.json; 1: before manifests
 
 
 class Recommender:
@@ -175,68 +172,170 @@ class Recommender:
     # -- persistence -----------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the model to directory ``path`` (no pickle). The files are written to a sibling
-        temporary directory that is renamed into place, so a crash never leaves half a model."""
+        """Write the model to directory ``path`` (no pickle), replacing a previous model there.
+
+        ``path`` must be new, an empty directory or a model directory; anything else is refused
+        with ``ValueError`` (:func:`recsys_metric.modeldir.check_target`). The files go to a
+        hidden sibling directory, ``manifest.json`` last, which is swapped into place
+        atomically: at every instant ``path`` holds the old model or the new one, whole."""
         self._check_fitted()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            np.savez(tmp / "model.npz",
-                     user_embeddings=self.user_embeddings_, item_embeddings=self.item_embeddings_,
-                     user_ids=self.users_.ids.astype(str), item_ids=self.items_.ids.astype(str),
-                     liked_indptr=self.liked_.indptr, liked_indices=self.liked_.indices)
-            meta = {"format": FORMAT, "version": __version__, "config": self.config.to_dict(),
-                    "index": {"requested": self.index, "kind": self.index_kind_,
-                              "n_trees": self.n_trees, "recall_target": self.recall_target,
-                              "search_k": getattr(self.index_, "search_k", None),
-                              "recall@10": self.index_recall_},
-                    "fit_seconds": getattr(self, "fit_seconds_", None),
-                    "training_loop": getattr(self, "training_loop_", None),
-                    "best_epoch": getattr(self, "best_epoch_", None),
-                    "history": getattr(self, "history_", [])}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-            (tmp / "item_names.json").write_text(json.dumps(self.item_names_, ensure_ascii=False))
-            if self.index_kind_ == "annoy":
-                self.index_.save(tmp / "items.ann")
-            if path.exists():  # swap: the old model stays whole until the new one is in place
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-                os.replace(path, old / "model")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        return modeldir.write_dir(path, self._write)
+
+    def _write(self, tmp: Path) -> None:
+        np.savez(tmp / "model.npz",
+                 user_embeddings=self.user_embeddings_, item_embeddings=self.item_embeddings_,
+                 user_ids=self.users_.ids.astype(str), item_ids=self.items_.ids.astype(str),
+                 liked_indptr=self.liked_.indptr.astype(np.int64),
+                 liked_indices=self.liked_.indices.astype(np.int32))
+        index = {"requested": self.index, "kind": self.index_kind_, "n_trees": self.n_trees,
+                 "recall_target": self.recall_target,
+                 "search_k": getattr(self.index_, "search_k", None),
+                 "calibrated_k": getattr(self.index_, "calibrated_k", None),
+                 "recall@10": self.index_recall_}
+        meta = {"format": FORMAT, "version": __version__, "config": self.config.to_dict(),
+                "index": index,
+                "fit_seconds": getattr(self, "fit_seconds_", None),
+                "training_loop": getattr(self, "training_loop_", None),
+                "best_epoch": getattr(self, "best_epoch_", None),
+                "history": getattr(self, "history_", [])}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "item_names.json").write_text(json.dumps(self.item_names_, ensure_ascii=False))
+        if self.index_kind_ == "annoy":
+            self.index_.save(tmp / "items.ann")
+            index = {**index, "file": "items.ann", "metric": "euclidean",
+                     "node_bytes": modeldir.annoy_node_bytes(self.item_embeddings_.shape[1])}
+        n_users, dim = self.user_embeddings_.shape
+        modeldir.write_manifest(tmp, {
+            "package_version": __version__, "dim": int(dim), "n_users": int(n_users),
+            "n_items": int(len(self.item_embeddings_)), "interactions": int(self.liked_.nnz),
+            "shapes": {"user_embeddings": [int(n_users), int(dim)],
+                       "item_embeddings": [int(len(self.item_embeddings_)), int(dim)],
+                       "liked_indices": [int(self.liked_.nnz)]},
+            "index": index})
 
     @classmethod
-    def load(cls, path: str | Path) -> Recommender:
-        """Load a model saved by :meth:`save`; the Annoy file is memory-mapped."""
+    def load(cls, path: str | Path, verify: bool = True) -> Recommender:
+        """Load a model saved by :meth:`save`; the Annoy file is memory-mapped.
+
+        The directory is checked against its manifest (every file's size and SHA-256) before
+        anything is parsed, then every table against the others and the Annoy file's structure
+        against the item table; ``verify=False`` skips the hashes only. Raises ``ValueError``
+        naming the file and what is wrong: a damaged model is an error, never a crash or a wrong
+        answer. A model trained on a GPU loads on a machine without one."""
         path = Path(path)
-        if not (path / "config.json").is_file() or not (path / "model.npz").is_file():
-            raise ValueError(f"{path}: not a recsys-metric model directory "
-                             "(config.json and model.npz expected)")
-        meta = json.loads((path / "config.json").read_text())
+        manifest = modeldir.verify(path, hashes=verify)
+        cfg_path = path / "config.json"
+        meta = _json(cfg_path, dict)
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: model format {meta.get('format')} is not supported")
-        ix = meta["index"]
-        model = cls(TrainConfig.from_dict(meta["config"]), ix["requested"], ix["n_trees"],
-                    ix["recall_target"])
-        with np.load(path / "model.npz", allow_pickle=False) as z:
-            users, items = IdMap(z["user_ids"]), IdMap(z["item_ids"])
-            liked = sp.csr_matrix((np.ones(len(z["liked_indices"]), dtype=np.float32),
-                                   z["liked_indices"], z["liked_indptr"]),
-                                  shape=(len(users), len(items)))
-            model._set_state(z["user_embeddings"], z["item_embeddings"], users, items, liked,
-                             json.loads((path / "item_names.json").read_text()))
+            raise ValueError(f"{cfg_path}: model format {meta.get('format')!r} is not supported")
+        try:
+            config = TrainConfig.from_dict(_field(meta, "config", dict))
+            ix = _field(meta, "index", dict)
+            kind, n_trees = _field(ix, "kind", str), _field(ix, "n_trees", int)
+            search_k = _field(ix, "search_k", int) if kind == "annoy" else None
+            model = cls(config, _field(ix, "requested", str), n_trees,
+                        float(_field(ix, "recall_target", (int, float))))
+            resolve_index(model.index, 0)
+            if kind not in ("exact", "annoy") or not 1 <= n_trees < 2**31:
+                raise ValueError(f"index kind {kind!r} with {n_trees} trees")
+            if search_k is not None and not -1 <= search_k < 2**31:
+                raise ValueError(f"index search_k {search_k} out of range")
+        except ValueError as e:
+            raise ValueError(f"{cfg_path}: {e}") from None
+        names = _json(path / "item_names.json", dict)
+        if not all(isinstance(v, str) for v in names.values()):
+            raise ValueError(f"{path / 'item_names.json'}: item names must be strings")
+        users, items, user_emb, item_emb, liked = _read_tables(path / "model.npz", manifest)
+        model._set_state(user_emb, item_emb, users, items, liked, names)
         model.exact_index_ = ExactIndex(model.item_embeddings_)
-        model.index_kind_, model.index_recall_ = ix["kind"], ix["recall@10"]
-        model.index_ = (AnnoyIndex.load(path / "items.ann", model.item_embeddings_.shape[1],
-                                        len(items), ix["n_trees"], ix["search_k"])
-                        if ix["kind"] == "annoy" else model.exact_index_)
+        model.index_kind_ = kind
+        model.index_recall_ = ix.get("recall@10")
+        if kind == "annoy":
+            ann = path / "items.ann"
+            if "items.ann" not in manifest["files"]:
+                raise ValueError(f"{path / modeldir.MANIFEST}: damaged: the index is Annoy but "
+                                 "items.ann is not listed")
+            modeldir.check_annoy_file(ann, user_emb.shape[1], model.item_embeddings_, n_trees)
+            model.index_ = AnnoyIndex.load(ann, user_emb.shape[1], len(items), n_trees,
+                                           search_k)
+            calibrated = ix.get("calibrated_k")
+            if isinstance(calibrated, int) and calibrated > 0:
+                model.index_.calibrated_k = calibrated
+        else:
+            model.index_ = model.exact_index_
         model.history_ = meta.get("history", [])
         model.fit_seconds_ = meta.get("fit_seconds")
         model.best_epoch_ = meta.get("best_epoch")
         return model
+
+
+# ----------------------------------------------------------------------------- reading a model
+
+
+def _json(path: Path, kind: type):
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: damaged: {e}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _field(d: dict, key: str, kind):
+    value = d.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"key {key!r}: expected {getattr(kind, '__name__', 'a number')}, got "
+                         f"{value!r}")
+    return value
+
+
+TABLES = ("user_embeddings", "item_embeddings", "user_ids", "item_ids", "liked_indptr",
+          "liked_indices")
+
+
+def _read_tables(path: Path, manifest: dict):
+    """The arrays of ``model.npz``, each checked against the others and the manifest."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: {what}")
+
+    try:  # np.load parses bytes: a damaged file can raise almost anything, none of it a bug here
+        with np.load(path, allow_pickle=False) as z:
+            t = {k: z[k] for k in TABLES if k in z.files}
+    except Exception as e:
+        raise bad(f"damaged ({type(e).__name__}: {e})") from None
+    missing = [k for k in TABLES if k not in t]
+    if missing:
+        raise bad(f"lacks {', '.join(missing)}")
+    ue, ie = t["user_embeddings"], t["item_embeddings"]
+    for name in ("user_embeddings", "item_embeddings"):
+        a = t[name]
+        if a.ndim != 2 or a.dtype.kind != "f" or a.shape[1] < 1:
+            raise bad(f"{name} is {a.dtype} {a.shape}, expected a 2-D float table")
+        if not np.isfinite(a).all():
+            raise bad(f"{name} holds non-finite values")
+    if ue.shape[1] != ie.shape[1]:
+        raise bad(f"user rows have {ue.shape[1]} dimensions, item rows {ie.shape[1]}")
+    shapes = manifest.get("shapes", {})
+    for name in ("user_embeddings", "item_embeddings"):
+        if list(t[name].shape) != shapes.get(name):
+            raise bad(f"{name} is {list(t[name].shape)}, the manifest says {shapes.get(name)}")
+    if manifest.get("dim") != ue.shape[1]:
+        raise bad(f"{ue.shape[1]} dimensions, the manifest says {manifest.get('dim')}")
+    for name, n in (("user_ids", len(ue)), ("item_ids", len(ie))):
+        if t[name].ndim != 1 or t[name].dtype.kind != "U" or len(t[name]) != n:
+            raise bad(f"{name} is {t[name].dtype} {t[name].shape}, expected {n} strings")
+    ip, ix = t["liked_indptr"], t["liked_indices"]
+    if (ip.ndim != 1 or ix.ndim != 1 or ip.dtype.kind not in "iu" or ix.dtype.kind not in "iu"
+            or len(ip) != len(ue) + 1 or ip[0] != 0 or ip[-1] != len(ix)
+            or (np.diff(ip) < 0).any() or (len(ix) and (ix.min() < 0 or ix.max() >= len(ie)))):
+        raise bad("the liked-items matrix (liked_indptr, liked_indices) is inconsistent")
+    try:
+        users, items = IdMap(t["user_ids"]), IdMap(t["item_ids"])
+    except ValueError as e:
+        raise bad(str(e)) from None
+    liked = sp.csr_matrix((np.ones(len(ix), dtype=np.float32), ix, ip),
+                          shape=(len(users), len(items)))
+    return users, items, ue, ie, liked

@@ -81,7 +81,7 @@ def test_evaluate_per_user_csv(tmp_path, csv_path, capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["train", "missing.csv", "--out", "M"], "missing.csv: no such file"),
-    (["recommend", "nowhere", "--user", "1"], "not a recsys-metric model directory"),
+    (["recommend", "nowhere", "--user", "1"], "nowhere: no such model directory"),
     (["evaluate", "RATINGS", "--models", "cml,knn"], "unknown model(s) knn"),
     (["train", "RATINGS", "--out", "M", "--dim", "0"], "dim must be an integer >= 1"),
     (["train", "RATINGS", "--out", "M", "--config", "nope.json"], "nope.json: cannot read"),
