@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 
 from .data import read_item_names, read_ratings
-from .train import TIME_BLIND, TimeOrderWarning, TrainConfig
+from .device import resolve_device
+from .train import TIME_BLIND, ConfigWarning, TimeOrderWarning, TrainConfig
 
 # Flags that map one-to-one onto TrainConfig fields.
 TRAIN_FLAGS = {
@@ -66,24 +67,37 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
-    """TrainConfig from ``defaults`` (this command's), then ``--config``, then the flags."""
+    """TrainConfig from ``defaults`` (this command's), then ``--config``, then the flags; each
+    layer checked, so a bad value names its file or flag, and the device is checked to exist
+    before any data is read."""
     values = dict(defaults)
     if args.config:
         try:
             loaded = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{args.config}: cannot read config: {e}") from None
         if isinstance(loaded, dict):
             loaded = loaded.get("config", loaded)  # accept a saved model's config.json too
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields")
+        try:
+            TrainConfig.from_dict({**values, **loaded})
+        except ValueError as e:
+            raise ValueError(f"{args.config}: {e}") from None
         values.update(loaded)
     if args.time_blind:
         values.update(TIME_BLIND)
-    values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
+    flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    values.update(flags)
     if args.no_rank_weight:
         values["rank_weight"] = False
-    return TrainConfig.from_dict(values) if values else TrainConfig().validate()
+    try:
+        config = TrainConfig.from_dict(values)
+    except ValueError as e:
+        name = next((k for k in flags if str(e).startswith(k + " ")), None)
+        raise ValueError(f"--{name.replace('_', '-')}: {e}" if name else str(e)) from None
+    resolve_device(config.device)
+    return config
 
 
 def _note_time_order(args: argparse.Namespace, models, config: TrainConfig) -> None:
@@ -490,6 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The package's own warnings as one line; anyone else's as Python shows them."""
+    if issubclass(category, ConfigWarning):
+        print(f"recsys-metric: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -497,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TimeOrderWarning)  # `train` prints its own note
+            warnings.showwarning = _show_warning
             return args.func(args)
     except (ValueError, OSError) as e:  # user mistakes: one line, exit 2
         print(f"recsys-metric: error: {e}", file=sys.stderr)

@@ -101,6 +101,15 @@ def _negatives(result: dict, train: Interactions, test: Interactions,
     return neg
 
 
+# Why a split can leave nothing to evaluate, by protocol.
+NOTHING_TO_TEST = {
+    "leave-last-out": "every user has a single interaction (those stay train-only)",
+    "random": "every user has a single interaction, or the holdout rounds to zero items",
+    "temporal": "no test interaction after the cut has a user and an item seen before it",
+    "pre-split": "no test pair has a user and an item that the train file has",
+}
+
+
 def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
                    models: Sequence[str] = DEFAULT_MODELS, k: Sequence[int] = (10,),
                    config: TrainConfig | None = None, seed: int = 0,
@@ -168,6 +177,10 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
                   "test_users": int((np.diff(test.matrix.indptr) > 0).sum()), **info},
         "models": {},
     }
+    if result["split"]["test_users"] == 0:
+        raise ValueError(f"{result['dataset']}: no user has a test item after the {protocol} "
+                         f"split (train {train.nnz}, test {test.nnz} interactions): "
+                         f"{NOTHING_TO_TEST.get(protocol, 'nothing to evaluate')}")
     neg = _negatives(result, train, test, negatives, sample_negatives, seed)
     if approximate and REFERENCE not in parse_models(models):
         raise ValueError(f"evaluating through the Annoy index needs {REFERENCE} among the models")

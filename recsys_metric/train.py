@@ -14,6 +14,7 @@ Two loops with the same semantics (loss, sampler, clipping, Adagrad):
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import deque
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import sampling
 from .data import Interactions
-from .device import resolve_device
+from .device import check_device_name, resolve_device
 from .losses import CovarianceLoss, TripletLoss
 from .model import CML, pairwise_squared_distance, pull_to_latest
 
@@ -89,27 +90,30 @@ class TrainConfig:
     transitions: int = 1
 
     def validate(self) -> TrainConfig:
-        ints = {"dim": 1, "n_negatives": 1, "epochs": 1, "batch_size": 1, "patience": 0,
-                "lanes": 1, "average_last": 0, "recent_visits": 1, "transitions": 0}
-        for name, low in ints.items():
+        """Check every field's type and range (``ValueError`` naming the field); ints given for
+        float fields become floats. The device is checked by name only: a model trained on a GPU
+        loads anywhere, and :class:`Trainer` checks that the device exists when it trains."""
+        for name, (kind, low, high, what) in _FIELDS.items():
             v = getattr(self, name)
-            if v is None and name == "n_negatives":
+            if v is None and name == "n_negatives":  # automatic
                 continue
-            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        for name in ("margin", "lr", "init_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("recent_share", "recent_pull", "pull_decay"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.cov_weight < 0:
-            raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight!r}")
+            if kind is bool:
+                if not isinstance(v, bool | np.bool_):
+                    raise ValueError(f"{name} must be true or false, got {v!r}")
+            elif kind is str:
+                if not isinstance(v, str):
+                    raise ValueError(f"{name} must be a string, got {v!r}")
+            elif isinstance(v, bool | np.bool_) or not isinstance(v, _NUMBER[kind]):
+                raise ValueError(f"{name} must be {_NOUN[kind]} {what}, got {v!r}")
+            elif not (math.isfinite(v) and low <= v <= high) or (name in _POSITIVE and v <= 0):
+                raise ValueError(f"{name} must be {_NOUN[kind]} {what}, got {v!r}")
+            if kind is float:
+                setattr(self, name, float(v))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
         sampling.resolve_backend(self.backend, torch.device("cpu"))  # raises on unknown names
-        resolve_device(self.device)
+        check_device_name(self.device)
         return self
 
     def negatives_for(self, n_items: int) -> int:
@@ -123,11 +127,38 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A validated config from a dict (a JSON file's object); ``ValueError`` naming the key
+        that is unknown or of the wrong type or range."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object of TrainConfig fields, got {type(d).__name__}")
         d = {k: v for k, v in d.items() if k != "hogwild"}  # retired option of saved models
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown config keys: {', '.join(sorted(map(str, unknown)))}")
         return cls(**d).validate()
+
+
+_INF = math.inf
+# field: (type, lowest, highest, the range in words); _POSITIVE ones must be > 0
+_FIELDS = {
+    "dim": (int, 1, 1 << 16, ">= 1"), "margin": (float, 0, _INF, "> 0 and finite"),
+    "n_negatives": (int, 1, 1 << 20, ">= 1 (or null: automatic)"),
+    "epochs": (int, 1, 1 << 20, ">= 1"), "batch_size": (int, 1, 1 << 31, ">= 1"),
+    "lr": (float, 0, _INF, "> 0 and finite"), "optimizer": (str, 0, 0, ""),
+    "rank_weight": (bool, 0, 0, ""),
+    "clip_norm": (float, -_INF, _INF, "finite (<= 0: no clipping)"),
+    "init_norm": (float, 0, _INF, "> 0 and finite"),
+    "cov_weight": (float, 0, _INF, ">= 0 and finite"),
+    "seed": (int, 0, (1 << 32) - 1, "in [0, 2**32)"), "device": (str, 0, 0, ""),
+    "backend": (str, 0, 0, ""), "patience": (int, 0, 1 << 20, ">= 0"),
+    "lanes": (int, 1, 1024, "in [1, 1024]"), "average_last": (int, 0, 1 << 20, ">= 0"),
+    "recent_share": (float, 0, 1, "in [0, 1]"), "recent_visits": (int, 1, 1 << 10, ">= 1"),
+    "recent_pull": (float, 0, 1, "in [0, 1]"), "pull_decay": (float, 0, 1, "in [0, 1]"),
+    "transitions": (int, 0, 1 << 10, ">= 0"),
+}
+_POSITIVE = {"margin", "lr", "init_norm"}
+_NUMBER = {int: (int, np.integer), float: (int, float, np.integer, np.floating)}
+_NOUN = {int: "an integer", float: "a number"}
 
 
 # TrainConfig fields that switch off every use of the time order (the recency visits, the
@@ -138,6 +169,27 @@ TIME_BLIND = {"recent_share": 0.0, "transitions": 0, "recent_pull": 0.0}
 
 class TimeOrderWarning(UserWarning):
     """The config uses the log's time order, but the interactions have no timestamps."""
+
+
+class ConfigWarning(UserWarning):
+    """A setting that cannot work on this data was changed to one that can."""
+
+
+# The fused CPU loop draws a lane's negatives from its stratum of about n_items / lanes items: a
+# stratum of a few items often holds only the user's positives, and the pairs train nothing.
+MIN_STRATUM_ITEMS = 8
+
+
+def fused_lanes(lanes: int, n_items: int) -> int:
+    """``lanes``, lowered (with a :class:`ConfigWarning`) so each stratum holds at least
+    :data:`MIN_STRATUM_ITEMS` items."""
+    fit = max(1, n_items // MIN_STRATUM_ITEMS)
+    if lanes > fit:
+        warnings.warn(f"lanes={lanes} would split {n_items} items into strata of fewer than "
+                      f"{MIN_STRATUM_ITEMS}, too few to hold a negative; training with "
+                      f"lanes={fit}", ConfigWarning, stacklevel=3)
+        return fit
+    return lanes
 
 
 @dataclass
@@ -392,11 +444,13 @@ class Trainer:
         user_acc = cpu_train.adagrad_accumulator(user_emb, rowwise)
         item_acc = cpu_train.adagrad_accumulator(item_emb, rowwise)
 
+        lanes = fused_lanes(cfg.lanes, item_emb.shape[0])
+
         def run(epoch: int) -> tuple[float, int]:  # the kernel draws its random blocks itself
             loss_sum, active = cpu_train.run_epoch(
                 pairs, user_emb, item_emb, user_acc, item_acc, n_candidates=self.n_negatives,
                 margin=cfg.margin, lr=cfg.lr, rank_weight=cfg.rank_weight,
-                clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch, lanes=cfg.lanes,
+                clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch, lanes=lanes,
                 block_size=cfg.batch_size, shuffle=True)
             return loss_sum / len(pairs), int(active)
 
