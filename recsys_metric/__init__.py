@@ -9,7 +9,8 @@
 
 __version__ = "0.1.0"
 
-from .data import IdMap, Interactions, UnknownIdError, read_item_names, read_ratings  # noqa: E402
+from .data import IdMap, Interactions, UnknownIdError  # noqa: E402
+from .reading import read_item_names, read_ratings  # noqa: E402
 from .recommender import Recommender  # noqa: E402
 from .split import leave_last_out, random_holdout, temporal  # noqa: E402
 from .train import TIME_BLIND, TimeOrderWarning, TrainConfig, Trainer  # noqa: E402

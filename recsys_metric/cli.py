@@ -14,8 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .data import read_item_names, read_ratings
 from .device import resolve_device
+from .reading import read_item_names, read_ratings
 from .train import TIME_BLIND, ConfigWarning, TimeOrderWarning, TrainConfig
 
 # Flags that map one-to-one onto TrainConfig fields.

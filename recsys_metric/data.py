@@ -1,28 +1,53 @@
-"""Read interaction logs into ``Interactions``: id maps plus a sorted user x item CSR matrix.
+"""Interactions in memory: id maps (raw id <-> index) and a sorted user x item CSR matrix.
 
-Every user mistake (missing file, unknown column, empty id, non-numeric rating) raises
-``ValueError`` with a message naming the file, the row and the column, so the CLI can print it
-and exit 2 instead of showing a traceback.
+Reading them from files is :mod:`recsys_metric.reading`. Raw ids are text, compared through
+:func:`normalize_id` everywhere (reading, building, looking up), so an id reads and looks up
+the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-USER_NAMES = ("user", "userid", "user_id", "users", "uid")
-ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "movie", "iid", "items")
-RATING_NAMES = ("rating", "ratings", "score", "value", "weight")
-TIME_NAMES = ("timestamp", "ts", "time", "datetime", "date")
-ID_NAMES = ITEM_NAMES + ("id",)
-TITLE_NAMES = ("title", "name", "item_name", "movie_title")
-# Column order of headerless files: MovieLens u.data (TSV) and ratings.dat ("::").
-HEADERLESS = ("user", "item", "rating", "timestamp")
+# Ids that spreadsheets and dataframes write for a missing value (compared lower-cased). "NA"
+# is not one of them: it is a real id (Namibia).
+MISSING_IDS = frozenset({"nan", "null", "none", "<na>", "n/a", "#n/a", "nil"})
+# What normalize_id strips: every character str.strip() strips (all below U+3001), and the BOM.
+BLANK = "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "\ufeff"
+MISSING_OR_EMPTY = sorted(MISSING_IDS | {""})
+
+
+def normalize_id(raw: object) -> str:
+    """The canonical text of a raw id: ``str(raw)`` without surrounding whitespace or U+FEFF.
+
+    The readers, :meth:`Interactions.from_pairs` and every :class:`IdMap` lookup use it, so an
+    id reads and looks up the same way (``" 196 "``, ``"\\ufeff196"`` and ``196`` are ``"196"``).
+
+    Parameters
+    ----------
+    raw : any value; converted with ``str``.
+
+    Returns
+    -------
+    str
+    """
+    return str(raw).strip(BLANK)
+
+
+def is_missing(norm: str) -> bool:
+    """Whether a normalised id stands for no id at all."""
+    return norm == "" or norm.lower() in MISSING_IDS
+
+
+def normalized(values: Iterable[object]) -> np.ndarray:
+    """:func:`normalize_id` of each value (object array), computed once per distinct value."""
+    codes, uniques = pd.factorize(pd.Series(np.asarray(values, dtype=object)).astype(str))
+    return np.asarray([normalize_id(x) for x in uniques], dtype=object)[codes]
 
 
 class UnknownIdError(ValueError):
@@ -31,13 +56,17 @@ class UnknownIdError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class IdMap:
-    """Raw ids (kept as strings, as in the file) <-> contiguous indices 0..n-1."""
+    """Raw ids (kept as strings, as in the file) <-> contiguous indices 0..n-1.
+
+    Ids are stored and looked up through :func:`normalize_id`: ``index(" 196 ")`` finds ``"196"``.
+    """
 
     ids: np.ndarray  # object array of str, position = index
     _index: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ids", np.asarray([str(x) for x in self.ids], dtype=object))
+        object.__setattr__(self, "ids",
+                           np.asarray([normalize_id(x) for x in self.ids], dtype=object))
         object.__setattr__(self, "_index", {x: i for i, x in enumerate(self.ids)})
         if len(self._index) != len(self.ids):
             raise ValueError("IdMap: raw ids are not unique")
@@ -46,16 +75,17 @@ class IdMap:
         return len(self.ids)
 
     def __contains__(self, raw: object) -> bool:
-        return str(raw) in self._index
+        return normalize_id(raw) in self._index
 
     def index(self, raw: object, kind: str = "id") -> int:
         """Index of one raw id; :class:`UnknownIdError` naming it if unknown."""
         try:
-            return self._index[str(raw)]
+            return self._index[normalize_id(raw)]
         except KeyError:
             raise UnknownIdError(f"unknown {kind} id {str(raw)!r}") from None
 
     def indices(self, raws: Iterable[object], kind: str = "id") -> np.ndarray:
+        """Indices of many raw ids (int64); :class:`UnknownIdError` naming the first unknown."""
         return np.fromiter((self.index(r, kind) for r in raws), dtype=np.int64)
 
     def raw(self, idx: int | np.ndarray) -> str | np.ndarray:
@@ -105,9 +135,12 @@ class Interactions:
         item_map: IdMap | None = None,
         source: str = "<memory>",
     ) -> Interactions:
-        """Build from parallel sequences of raw ids; duplicates keep the last occurrence."""
-        u_raw = pd.Series(np.asarray(users, dtype=object)).astype(str)
-        i_raw = pd.Series(np.asarray(items, dtype=object)).astype(str)
+        """Build from parallel sequences of raw ids; duplicates keep the last occurrence.
+
+        Ids go through :func:`normalize_id`; without ``user_map`` / ``item_map`` the maps hold
+        the ids in order of first appearance.
+        """
+        u_raw, i_raw = normalized(users), normalized(items)
         if len(u_raw) != len(i_raw):
             raise ValueError("from_pairs: users and items differ in length")
         user_map = user_map or IdMap(pd.unique(u_raw))
@@ -115,25 +148,39 @@ class Interactions:
         u = user_map.indices(u_raw, "user")
         i = item_map.indices(i_raw, "item")
         ts = None if timestamps is None else np.asarray(timestamps, dtype=np.float64)
-        return cls._build(user_map, item_map, u, i, ts, np.arange(len(u)), source)
+        return cls._build(user_map, item_map, u, i, ts, None, source)
 
     @classmethod
-    def _build(cls, users, items, u, i, ts, rows, source, item_names=None) -> Interactions:
-        # Keep the last row of each (user, item) pair, then sort by (user, item) = CSR order.
-        key = u.astype(np.int64) * max(len(items), 1) + i
-        _, last_from_end = np.unique(key[::-1], return_index=True)
-        keep = np.sort(len(key) - 1 - last_from_end)
-        order = keep[np.lexsort((i[keep], u[keep]))]
-        u, i, rows = u[order], i[order], rows[order]
-        ts = None if ts is None else ts[order]
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(u, minlength=len(users)), out=indptr[1:])
-        m = sp.csr_matrix(
-            (np.ones(len(i), dtype=np.float32), i.astype(np.int32), indptr),
-            shape=(len(users), len(items)),
-        )
+    def _build(cls, users: IdMap, items: IdMap, u: np.ndarray, i: np.ndarray,
+               ts: np.ndarray | None, rows: np.ndarray | None, source: str,
+               item_names: dict[str, str] | None = None) -> Interactions:
+        """Entries (u[k], i[k]) -> CSR; of duplicate pairs the last one stays. ``rows`` None
+        means entry k is data row k."""
+        n_items = max(len(items), 1)
+        key = np.asarray(u, dtype=np.int64) * n_items  # a new array: the in-place add is safe
+        key += i
+        # One stable argsort gives both the CSR order (user, then item) and, inside each run of
+        # one pair, the file order: the run's last entry is the row to keep (np.unique +
+        # lexsort took three sorts and more memory).
+        order = np.argsort(key, kind="stable")
+        key.sort()  # = key[order], without a second array
+        last = np.ones(len(key), dtype=bool)
+        np.not_equal(key[1:], key[:-1], out=last[:-1])
+        # Row pointers in the sorted keys, less the duplicates dropped before each.
+        starts = np.searchsorted(key, np.arange(len(users) + 1, dtype=np.int64) * n_items)
+        del key
+        indptr = starts - np.searchsorted(np.flatnonzero(~last), starts)
+        if not last.all():
+            order = order[last]
+        del last
+        indices = np.asarray(i)[order].astype(np.int32, copy=False)
+        ts = None if ts is None else np.asarray(ts)[order]
+        rows = order if rows is None else np.asarray(rows)[order].astype(np.int64, copy=False)
+        del order
+        m = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
+                          shape=(len(users), len(items)))
         m.has_sorted_indices = True
-        return cls(users, items, m, ts, rows.astype(np.int64), source, item_names)
+        return cls(users, items, m, ts, rows, source, item_names)
 
     def subset(self, mask: np.ndarray) -> Interactions:
         """The same id maps with only the entries where ``mask`` (aligned with data) is True."""
@@ -208,182 +255,3 @@ class Interactions:
         if self.timestamps is not None:
             df["timestamp"] = self.timestamps
         return df
-
-
-def _error(path: Path, msg: str) -> ValueError:
-    return ValueError(f"{path}: {msg}")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _sniff(path: Path, names_given: bool = False) -> tuple[str, bool]:
-    """Guess the separator, and whether the first line is a header: it names a known column,
-    columns were named by the caller, or a field is text where the next line has a number."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first, second = f.readline().strip(), f.readline().strip()
-    if not first:
-        raise _error(path, "file is empty")
-    for sep in ("::", "\t", ",", ";", "|"):
-        if sep in first:
-            break
-    else:
-        sep = r"\s+"
-
-    def fields(line: str) -> list[str]:
-        return [x.strip().strip('"') for x in (line.split() if sep == r"\s+" else line.split(sep))]
-
-    known = USER_NAMES + ITEM_NAMES + RATING_NAMES + TIME_NAMES + TITLE_NAMES + ("id",)
-    head, nxt = fields(first), fields(second)
-    header = (names_given or any(f.lower() in known for f in head)
-              or any(not _is_number(a) and _is_number(b) for a, b in zip(head, nxt, strict=False)))
-    return sep, header
-
-
-def _read_table(path: Path, sep: str | None, names_given: bool = False
-                ) -> tuple[pd.DataFrame, int]:
-    """Read every column as text; returns the frame and the file line of data row 0 (1-based)."""
-    if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(path)
-        except Exception as e:  # pyarrow raises many types for a corrupt file
-            raise _error(path, f"cannot read Parquet: {e}") from None
-        return df, 1
-    sniffed, header = _sniff(path, names_given)
-    sep = sep or sniffed
-    kw = dict(dtype=str, keep_default_na=False, header=0 if header else None)
-    try:
-        if sep == "::":  # multi-char separators force pandas' slow python engine; split on ':'
-            df = pd.read_csv(path, sep=":", **kw, encoding_errors="replace")
-            df = df.iloc[:, ::2]
-        else:
-            df = pd.read_csv(path, sep=sep, engine="python" if len(sep) > 1 else "c", **kw,
-                             encoding_errors="replace")
-    except pd.errors.ParserError as e:
-        raise _error(path, f"cannot parse: {e}") from None
-    except pd.errors.EmptyDataError:
-        raise _error(path, "file is empty") from None
-    if not header:
-        df.columns = [HEADERLESS[k] if k < len(HEADERLESS) else f"col{k}"
-                      for k in range(df.shape[1])]
-    df.columns = [str(c).strip() for c in df.columns]
-    return df, 2 if header else 1
-
-
-def _find_column(path: Path, df: pd.DataFrame, given: str | None, names: tuple, role: str,
-                 required: bool) -> str | None:
-    if given is not None:
-        if given not in df.columns:
-            raise _error(path, f"no column {given!r} for the {role}; columns are "
-                               f"{', '.join(map(str, df.columns))}")
-        return given
-    lower = {str(c).lower(): c for c in df.columns}
-    for n in names:
-        if n in lower:
-            return lower[n]
-    if required:
-        raise _error(path, f"cannot find the {role} column (tried {', '.join(names)}); "
-                           f"columns are {', '.join(map(str, df.columns))}; name it explicitly")
-    return None
-
-
-def _numeric(path: Path, df: pd.DataFrame, col: str, first_line: int, allow_dates: bool
-             ) -> np.ndarray:
-    raw = df[col]
-    values = pd.to_numeric(raw, errors="coerce")
-    bad = values.isna().to_numpy()
-    if bad.any() and allow_dates and bad.all():
-        dates = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
-        if dates.notna().all():
-            epoch = pd.Timestamp(0, tz="UTC")  # unit-agnostic: pandas 3 may parse to seconds
-            return ((dates - epoch) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
-        bad = dates.isna().to_numpy()
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
-        raise _error(path, f"row {r + first_line}, column {col!r}: "
-                           f"expected a number, got {str(raw.iloc[r])!r}")
-    return values.to_numpy(np.float64)
-
-
-def read_ratings(
-    path: str | Path,
-    user_col: str | None = None,
-    item_col: str | None = None,
-    rating_col: str | None = None,
-    time_col: str | None = None,
-    sep: str | None = None,
-    min_rating: float | None = None,
-) -> Interactions:
-    """Read a ratings / interactions file into :class:`Interactions`.
-
-    Parameters
-    ----------
-    path : CSV with a header (``userId,movieId,rating,timestamp``), headerless TSV (MovieLens
-        ``u.data``), ``::``-separated (``ratings.dat``) or Parquet.
-    user_col, item_col, rating_col, time_col : column names; found by common names when omitted.
-    sep : field separator; sniffed from the first line when omitted.
-    min_rating : keep only rows rated at least this (explicit ratings -> implicit feedback);
-        by default every row is a positive interaction.
-
-    Raises
-    ------
-    ValueError
-        Naming the file, row and column of the first problem found.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    names_given = any(c is not None for c in (user_col, item_col, rating_col, time_col))
-    df, first_line = _read_table(path, sep, names_given)
-    if len(df) == 0:
-        raise _error(path, "no data rows")
-    ucol = _find_column(path, df, user_col, USER_NAMES, "user", True)
-    icol = _find_column(path, df, item_col, ITEM_NAMES, "item", True)
-    rcol = _find_column(path, df, rating_col, RATING_NAMES, "rating", min_rating is not None)
-    tcol = _find_column(path, df, time_col, TIME_NAMES, "timestamp", False)
-
-    for col in (ucol, icol):
-        ids = df[col].astype(str).str.strip()
-        empty = df[col].isna().to_numpy() | (ids == "").to_numpy()
-        if empty.any():
-            r = int(np.flatnonzero(empty)[0])
-            raise _error(path, f"row {r + first_line}, column {col!r}: empty id")
-        df[col] = ids
-    keep = np.ones(len(df), dtype=bool)
-    if rcol is not None:
-        ratings = _numeric(path, df, rcol, first_line, allow_dates=False)
-        if min_rating is not None:
-            keep = ratings >= min_rating
-            if not keep.any():
-                raise _error(path, f"no row has {rcol} >= {min_rating}")
-    ts = _numeric(path, df, tcol, first_line, allow_dates=True) if tcol else None
-
-    rows = np.flatnonzero(keep)
-    u_raw, i_raw = df[ucol].to_numpy()[keep], df[icol].to_numpy()[keep]
-    users, items = IdMap(pd.unique(u_raw)), IdMap(pd.unique(i_raw))
-    u = pd.Index(users.ids).get_indexer(u_raw)
-    i = pd.Index(items.ids).get_indexer(i_raw)
-    return Interactions._build(users, items, u, i, None if ts is None else ts[keep], rows,
-                               str(path))
-
-
-def read_item_names(path: str | Path) -> dict[str, str]:
-    """Item id -> readable name from a catalogue file (``items.csv``, MovieLens ``movies.csv``
-    or ``u.item``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    sep, header = _sniff(path)
-    if sep == "|" and not header:  # MovieLens 100K u.item: id|title|date|...
-        df = pd.read_csv(path, sep="|", header=None, dtype=str, encoding="latin-1",
-                         keep_default_na=False)
-        return dict(zip(df[0].str.strip(), df[1].str.strip(), strict=True))
-    df, _ = _read_table(path, None)
-    id_col = _find_column(path, df, None, ID_NAMES, "item id", True)
-    name_col = _find_column(path, df, None, TITLE_NAMES, "item name", True)
-    return dict(zip(df[id_col].astype(str).str.strip(), df[name_col].astype(str), strict=True))

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import IdMap, Interactions, read_ratings
+from .data import IdMap, Interactions, normalize_id
+from .reading import open_text, read_ratings
 from .split import temporal, temporal_cut
 
 UNSEEN_POLICY = (
@@ -159,7 +160,7 @@ def sniff_lightgcn(path: str | Path, lines: int = 1000) -> bool:
 
 def _integer_lines(path: str | Path, lines: int = 1000) -> list[list[str]] | None:
     """The first ``lines`` non-empty lines split on whitespace, if every field is an integer."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open_text(path) as f:
         head = [line.split() for line in islice(f, lines) if line.strip()]
     return head if head and all(tok.isdigit() for f in head for tok in f) else None
 
@@ -174,7 +175,7 @@ def read_lightgcn(path: str | Path) -> Interactions:
         raise ValueError(f"{path}: no such file")
     users: list[str] = []
     items: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, 1):
             toks = line.split()
             for tok in toks:
@@ -287,7 +288,7 @@ def read_negatives(path: str | Path, users: IdMap, items: IdMap) -> dict[int, np
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open_text(path) as f:
         first = f.readline()
     if not first.strip():
         raise ValueError(f"{path}: line 1: empty (expected '(user,item)' and negative items, or "
@@ -300,7 +301,7 @@ def read_negatives(path: str | Path, users: IdMap, items: IdMap) -> dict[int, np
 def _read_ncf(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
     us: list[int] = []
     its: list[int] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -322,16 +323,16 @@ def _read_ncf(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
 
 
 def _read_table_negatives(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
-    from .data import ITEM_NAMES, USER_NAMES, _find_column, _read_table
+    from .reading import ITEM_NAMES, USER_NAMES, find_column, read_table
 
-    df, first_line = _read_table(path, None)
+    df, first_line = read_table(path, None)
     if len(df) == 0:
         raise ValueError(f"{path}: no negatives")
-    ucol = _find_column(path, df, None, USER_NAMES, "user", True)
-    icol = _find_column(path, df, None, ITEM_NAMES, "item", True)
+    ucol = find_column(path, df, None, USER_NAMES, "user", True)
+    icol = find_column(path, df, None, ITEM_NAMES, "item", True)
     out = []
     for col, ids, kind in ((ucol, users, "user"), (icol, items, "item")):
-        raw = df[col].astype(str).str.strip().to_numpy()
+        raw = df[col].map(normalize_id).to_numpy()
         idx = pd.Index(ids.ids).get_indexer(raw)
         if (idx < 0).any():
             r = int(np.flatnonzero(idx < 0)[0])

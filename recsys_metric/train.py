@@ -146,7 +146,7 @@ _FIELDS = {
     "epochs": (int, 1, 1 << 20, ">= 1"), "batch_size": (int, 1, 1 << 31, ">= 1"),
     "lr": (float, 0, _INF, "> 0 and finite"), "optimizer": (str, 0, 0, ""),
     "rank_weight": (bool, 0, 0, ""),
-    "clip_norm": (float, -_INF, _INF, "finite (<= 0: no clipping)"),
+    "clip_norm": (float, -_INF, _INF, "(finite; <= 0 turns clipping off)"),
     "init_norm": (float, 0, _INF, "> 0 and finite"),
     "cov_weight": (float, 0, _INF, ">= 0 and finite"),
     "seed": (int, 0, (1 << 32) - 1, "in [0, 2**32)"), "device": (str, 0, 0, ""),
