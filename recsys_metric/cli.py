@@ -158,7 +158,8 @@ def _inputs(args: argparse.Namespace):
         if args.protocol or args.cut is not None:
             raise ValueError(f"{'--protocol' if args.protocol else '--cut'} does not apply to "
                              "--train/--test: the given split is used as is")
-        presplit = read_split(args.train, args.test, args.format, **read_kw)
+        presplit = read_split(args.train, args.test, args.format, negatives=args.negatives,
+                              **read_kw)
         return None, {**kw, "protocol": "pre-split", "presplit": presplit,
                       "dataset": args.train}
     if not args.ratings:

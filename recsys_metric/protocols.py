@@ -1,12 +1,14 @@
 """Evaluation protocols beyond one file split in memory: temporal cuts with unseen users and items
 handled explicitly, pre-split train/test files, and the negatives of the sampled (NCF) protocol.
 
-Unseen users and items (both the temporal cut and pre-split files produce them): models are
-trained on train and can only rank what train taught them, so the evaluation universe is train's.
-Test pairs whose user or item has no train interaction are **dropped** from the test set, and
-counted (``test_unseen_users``, ``test_unseen_items``, ``test_pairs_unseen`` in the ``split``
-section of the results): users with no train interaction are not evaluated, and the candidates
-are the items seen in train. See :data:`UNSEEN_POLICY`.
+Unseen users and items. A temporal cut: models are trained on train and can only rank what
+train taught them, so the evaluation universe is train's; test pairs whose user or item has no
+train interaction are **dropped** and counted (``test_unseen_users``, ``test_unseen_items``,
+``test_pairs_unseen`` in the ``split`` section of the results; :data:`UNSEEN_POLICY`).
+Pre-split files: a published split ranks every item its files name, so the catalogue is the
+items of the train, test and negatives files (an item without train interactions is scored from
+the model's untrained state for it) and only test users unseen in train are dropped
+(:func:`read_split`, :data:`PRESPLIT_POLICY`).
 
 The sampled protocol (NCF, He et al. 2017) ranks each test item among a few negatives only. It is
 here to reproduce papers: sampled metrics can reorder models (Krichene & Rendle, KDD 2020), so
@@ -32,6 +34,10 @@ UNSEEN_POLICY = (
     "dropped: test pairs whose user or item has no train interaction are not evaluated (no model "
     "can rank an item, or serve a user, that train never showed it); users without train "
     "interactions are not evaluated; the candidates are the items seen in train")
+PRESPLIT_POLICY = (
+    "kept: the catalogue is every item of the train, test and negatives files, and an item "
+    "without train interactions is scored from the model's untrained state for it; test pairs "
+    "whose user has no train interaction are dropped (no model can serve such a user)")
 SAMPLED_WARNING = (
     "warning: sampled metrics (sampled_*) rank each test item among a few negatives only; they "
     "can reorder models (Krichene & Rendle, KDD 2020). Use them to reproduce papers; judge "
@@ -206,9 +212,31 @@ def read_interactions(path: str | Path, format: str = "auto", **read_kw) -> Inte
     return _read_any(path, format, read_kw)[0]
 
 
+def _with_items(train: Interactions, extra: list[str]) -> Interactions:
+    """``train`` over a catalogue grown by ``extra`` item ids (no interaction; appended, so every
+    train item keeps its index)."""
+    if not extra:
+        return train
+    items = IdMap(np.concatenate([train.items.ids, np.asarray(extra, dtype=object)]))
+    m = train.matrix
+    matrix = sp.csr_matrix((m.data, m.indices, m.indptr), shape=(train.n_users, len(items)))
+    matrix.has_sorted_indices = True
+    return Interactions(train.users, items, matrix, train.timestamps, train.rows, train.source,
+                        train.item_names)
+
+
 def read_split(train_path: str | Path, test_path: str | Path, format: str = "auto",
-               **read_kw) -> tuple[Interactions, Interactions, dict]:
-    """Read a given train/test split; both over one id map, built from train.
+               negatives: str | Path | None = None, **read_kw
+               ) -> tuple[Interactions, Interactions, dict]:
+    """Read a given train/test split; both over one id map: train's users, and a catalogue of
+    every item of the train, test and ``negatives`` files.
+
+    A published split ranks the items its test and negatives files name, trained on or not (the
+    NCF files hold items no train row has); they join the catalogue with no train interaction,
+    and each model scores them from where training leaves an item it never saw as a positive
+    (CML: sampled as a negative only, so pushed away from users; ALS: zero factors; BPR and
+    its random start; EASE and popularity: zero). Test users without train interactions cannot
+    be served and are dropped.
 
     Parameters
     ----------
@@ -217,21 +245,31 @@ def read_split(train_path: str | Path, test_path: str | Path, format: str = "aut
     format : ``"auto"`` (detect the LightGCN format with :func:`sniff_lightgcn`; a test file of
         integers only is read like a LightGCN train file), ``"ratings"`` or ``"lightgcn"``;
         applies to both files.
+    negatives : the sampled protocol's negatives file (:func:`read_negatives`), whose items join
+        the catalogue too.
     read_kw : passed to :func:`read_ratings` (``user_col``, ``min_rating``, ...).
 
     Returns
     -------
     train, test, info
-        ``test`` holds the test pairs whose user and item are in train; ``info`` counts the
-        others (``test_unseen_users``, ``test_unseen_items``, ``test_pairs_unseen``), the test
-        pairs also in train (``test_pairs_in_train``: kept, and by the full-ranking protocol
-        guaranteed misses, since train items are never candidates), and names the files and
-        formats.
+        ``test`` holds the test pairs whose user is in train; ``info`` counts the others
+        (``test_unseen_users``, ``test_pairs_unseen``), the test pairs also in train
+        (``test_pairs_in_train``: kept, and by the full-ranking protocol guaranteed misses,
+        since train items are never candidates), the catalogue (``catalogue_items``,
+        ``items_without_train``: from the test file, ``test_unseen_items``, and from the
+        negatives, ``negative_items_without_train``; ``test_pairs_item_without_train``), and
+        names the files and formats.
     """
     train, f_train = _read_any(train_path, format, read_kw)
     if format == "auto" and f_train == "lightgcn" and _integer_lines(test_path):
         format = "lightgcn"  # a test file of 'user item' lines is the same format
     raw, f_test = _read_any(test_path, format, read_kw)
+    n_train_items = train.n_items
+    from_test = [x for x in raw.items.ids if x not in train.items]
+    from_negatives = ([x for x in negative_items(negatives)
+                       if x not in train.items and x not in raw.items]
+                      if negatives is not None else [])
+    train = _with_items(train, from_test + from_negatives)
     coo = raw.matrix.tocoo()
     rows = raw.rows if raw.rows is not None else np.arange(raw.nnz)
     test, info = _attach_test(train, raw.users.raw(coo.row), raw.items.raw(coo.col),
@@ -239,6 +277,11 @@ def read_split(train_path: str | Path, test_path: str | Path, format: str = "aut
     _need_pairs(train, test, str(test_path))
     t = test.matrix.tocoo()
     in_train = int(np.asarray(train.matrix[t.row, t.col]).ravel().astype(bool).sum())
+    info.update(test_unseen_items=len(from_test), unseen=PRESPLIT_POLICY,
+                catalogue_items=train.n_items,
+                items_without_train=train.n_items - n_train_items,
+                negative_items_without_train=len(from_negatives),
+                test_pairs_item_without_train=int((t.col >= n_train_items).sum()))
     return train, test, {"train_file": str(train_path), "test_file": str(test_path),
                          "format": f_train if f_train == f_test else f"{f_train}+{f_test}",
                          "test_pairs_in_train": in_train, **info}
@@ -288,19 +331,14 @@ def read_negatives(path: str | Path, users: IdMap, items: IdMap) -> dict[int, np
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    with open_text(path) as f:
-        first = f.readline()
-    if not first.strip():
-        raise ValueError(f"{path}: line 1: empty (expected '(user,item)' and negative items, or "
-                         "a 'user,item' table)")
-    if first.lstrip().startswith("("):
+    if _is_ncf(path):
         return _read_ncf(path, users, items)
     return _read_table_negatives(path, users, items)
 
 
-def _read_ncf(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
-    us: list[int] = []
-    its: list[int] = []
+def _ncf_lines(path: Path):
+    """``(line, user, test item, [negative items])`` of each line of an NCF ``.test.negative``
+    file, raw ids as written; ValueError naming the line of a malformed one."""
     with open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -313,16 +351,10 @@ def _read_ncf(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
             negs = m[2].split()
             if not negs:
                 raise ValueError(f"{path}: line {n}: no negative items after ({m[1]})")
-            u = _lookup(users, pair[0].strip(), "user", path, n)
-            _lookup(items, pair[1].strip(), "item", path, n)
-            us += [u] * len(negs)
-            its += [_lookup(items, x, "item", path, n) for x in negs]
-    if not us:
-        raise ValueError(f"{path}: no negatives")
-    return _group(us, its)
+            yield n, pair[0].strip(), pair[1].strip(), negs
 
 
-def _read_table_negatives(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
+def _negatives_table(path: Path) -> tuple[pd.DataFrame, int, str, str]:
     from .reading import ITEM_NAMES, USER_NAMES, find_column, read_table
 
     df, first_line = read_table(path, None)
@@ -330,6 +362,48 @@ def _read_table_negatives(path: Path, users: IdMap, items: IdMap) -> dict[int, n
         raise ValueError(f"{path}: no negatives")
     ucol = find_column(path, df, None, USER_NAMES, "user", True)
     icol = find_column(path, df, None, ITEM_NAMES, "item", True)
+    return df, first_line, ucol, icol
+
+
+def _is_ncf(path: Path) -> bool:
+    with open_text(path) as f:
+        first = f.readline()
+    if not first.strip():
+        raise ValueError(f"{path}: line 1: empty (expected '(user,item)' and negative items, or "
+                         "a 'user,item' table)")
+    return first.lstrip().startswith("(")
+
+
+def negative_items(path: str | Path) -> list[str]:
+    """Every item id a negatives file names (NCF: each line's test item and its negatives), in
+    order of first appearance: with :func:`read_split`'s ``negatives``, they join the
+    catalogue."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if _is_ncf(path):
+        raw = [x for _, _, item, negs in _ncf_lines(path) for x in (item, *negs)]
+    else:
+        df, _, _, icol = _negatives_table(path)
+        raw = df[icol].tolist()
+    return list(dict.fromkeys(normalize_id(x) for x in raw))
+
+
+def _read_ncf(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
+    us: list[int] = []
+    its: list[int] = []
+    for n, user, item, negs in _ncf_lines(path):
+        u = _lookup(users, user, "user", path, n)
+        _lookup(items, item, "item", path, n)
+        us += [u] * len(negs)
+        its += [_lookup(items, x, "item", path, n) for x in negs]
+    if not us:
+        raise ValueError(f"{path}: no negatives")
+    return _group(us, its)
+
+
+def _read_table_negatives(path: Path, users: IdMap, items: IdMap) -> dict[int, np.ndarray]:
+    df, first_line, ucol, icol = _negatives_table(path)
     out = []
     for col, ids, kind in ((ucol, users, "user"), (icol, items, "item")):
         raw = df[col].map(normalize_id).to_numpy()

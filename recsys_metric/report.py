@@ -333,9 +333,19 @@ def _split_table(result: dict) -> str:
 
 def unseen_line(s: dict) -> str:
     """One sentence on the test ids train never saw (temporal and pre-split protocols)."""
-    text = (f"Test ids unseen in train: {s['test_unseen_users']} users, {s['test_unseen_items']} "
-            f"items; {s['test_pairs_unseen']} of {s['test_pairs_total']} test pairs dropped "
-            "(not evaluated)")
+    if "catalogue_items" in s:  # pre-split files: items kept, users dropped
+        extra = s["items_without_train"]
+        text = (f"Catalogue: {s['catalogue_items']} items" + (
+            f", {extra} of them without train interactions ({s['test_unseen_items']} from the "
+            f"test file, {s['negative_items_without_train']} from the negatives), ranked like "
+            f"any other ({s['test_pairs_item_without_train']} test pairs hold one)" if extra
+            else ", all with train interactions") + f"; test users unseen in train: "
+            f"{s['test_unseen_users']}, {s['test_pairs_unseen']} of {s['test_pairs_total']} "
+            "test pairs dropped (not evaluated)")
+    else:
+        text = (f"Test ids unseen in train: {s['test_unseen_users']} users, "
+                f"{s['test_unseen_items']} items; {s['test_pairs_unseen']} of "
+                f"{s['test_pairs_total']} test pairs dropped (not evaluated)")
     if "cut_time" in s:
         text += f"; cut {s['cut']:g} = timestamp {s['cut_time']:.10g}"
     if s.get("test_pairs_in_train"):

@@ -109,7 +109,7 @@ def test_compare_presplit_report_mentions_protocols(files, tmp_path, capsys):
                  "--sample-negatives", "5", "--models", "popularity", "-k", "5", "--n-boot",
                  "20", "--out", str(out), "--quiet"]) == 0
     md = (out / "report.md").read_text()
-    assert "**pre-split**" in md and "Test ids unseen in train: 1 users" in md
+    assert "**pre-split**" in md and "test users unseen in train: 1," in md
     assert "Sampled protocol" in md and "Krichene" in md
     res = json.loads((out / "results.json").read_text())
     assert "sampled_HR@5" in res["models"]["popularity"]
@@ -135,16 +135,47 @@ def test_compare_presplit_report_mentions_protocols(files, tmp_path, capsys):
     (["evaluate", "--train", "TRAIN", "--test", "TEST", "--models", "popularity",
       "--negatives", "BADNEG"], "bad.negative: line 2: expected '(user,item)'"),
     (["evaluate", "--train", "TRAIN", "--test", "TEST", "--models", "popularity",
-      "--negatives", "UNKNEG"], "unk.negative: line 1: unknown item id '77'"),
+      "--negatives", "UNKNEG"], "unk.negative: line 1: unknown user id '99'"),
 ])
 def test_protocol_mistakes_exit_2_with_one_line(files, tmp_path, capsys, argv, needle):
     bad = tmp_path / "bad.negative"
     bad.write_text("(0,1)\t2\t3\n0,1\t2\n")
     unk = tmp_path / "unk.negative"
-    unk.write_text("(0,1)\t77\n")
+    unk.write_text("(99,1)\t77\n")  # an unknown item joins the catalogue; a user cannot
     subst = {"RATINGS": str(files["ratings"]), "TRAIN": str(files["train"]),
              "TEST": str(files["test"]), "NEG": str(files["neg"]), "BADNEG": str(bad),
              "UNKNEG": str(unk), "OUT": str(tmp_path / "out")}
     assert main([subst.get(a, a) for a in argv] + ["--quiet"]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_published_files_rank_items_no_train_row_has(tmp_path, capsys):
+    """NCF-style files whose test and negatives files name items without train interactions
+    (ml-1m.test.negative does): every model fits and ranks them; the JSON counts them."""
+    board = checkerboard(40, 20).to_frame()
+    d = tmp_path
+    board.to_csv(d / "train.csv", index=False)
+    # each user's test item is new (i20..i22) for a third of the users, else a board item
+    # they lack; negatives add items i30..i34 that appear nowhere else
+    test = pd.DataFrame({"user": [f"u{u}" for u in range(40)],
+                         "item": [f"i{20 + u // 3 % 3}" if u % 3 == 0 else f"i{(u + 10) % 20}"
+                                  for u in range(40)]})
+    test = test[~test.apply(tuple, axis=1).isin(set(board.apply(tuple, axis=1)))]
+    test.to_csv(d / "test.csv", index=False)
+    (d / "t.negative").write_text("".join(
+        f"({u},{i})\t" + "\t".join(f"i{30 + k}" for k in range(5)) + "\n"
+        for u, i in zip(test["user"], test["item"], strict=True)))
+    js = d / "r.json"
+    assert main(["evaluate", "--train", str(d / "train.csv"), "--test", str(d / "test.csv"),
+                 "--negatives", str(d / "t.negative"), "--models", "cml,popularity,als,bpr",
+                 "-k", "10", "--json", str(js), *TRAIN]) == 0
+    res = json.loads(js.read_text())
+    s = res["split"]
+    n_new = int(test["item"].isin(["i20", "i21", "i22"]).sum())
+    assert s["items"] == s["catalogue_items"] == 20 + 3 + 5 and s["items_without_train"] == 8
+    assert s["negative_items_without_train"] == 5 and s["test_unseen_items"] == 3
+    assert s["test_pairs_item_without_train"] == n_new and s["test"] == len(test)
+    for m in res["models"].values():
+        assert 0 <= m["HR@10"] <= 1 and 0 <= m["sampled_HR@10"] <= 1
+    assert "Catalogue: 28 items, 8 of them without train interactions" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from recsys_metric.evaluation import evaluate_index, evaluate_ranking, sampled_m
 from recsys_metric.protocols import (
     parse_cut,
     read_lightgcn,
+    negative_items,
     read_negatives,
     read_split,
     sample_negatives,
@@ -87,17 +88,38 @@ def test_parse_cut():
 def test_read_split_csv_counts_unseen_and_overlap(tmp_path):
     tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
     tr.write_text("user,item,timestamp\nu1,a,1\nu1,b,2\nu2,b,3\nu2,c,4\n")
-    # u1-c evaluated; u2-b also in train (kept, counted); u3 unseen; u1-z unseen item.
+    # u1-c evaluated; u2-b also in train (kept, counted); u3 unseen (dropped); u1-z: item z
+    # has no train interaction, joins the catalogue and is evaluated.
     te.write_text("user,item,timestamp\nu1,c,5\nu2,b,6\nu3,a,7\nu1,z,8\nu1,c,9\n")
     train, test, info = read_split(tr, te)
     assert info["format"] == "ratings" and info["train_file"] == str(tr)
     assert info["test_pairs_total"] == 4  # the duplicate u1-c collapsed
     assert (info["test_unseen_users"], info["test_unseen_items"],
-            info["test_pairs_unseen"]) == (1, 1, 2)
-    assert info["test_pairs_in_train"] == 1
+            info["test_pairs_unseen"]) == (1, 1, 1)
+    assert (info["catalogue_items"], info["items_without_train"],
+            info["test_pairs_item_without_train"]) == (4, 1, 1)
+    assert info["test_pairs_in_train"] == 1 and info["unseen"].startswith("kept")
     assert test.users is train.users and test.items is train.items
-    assert pairs_raw(test) == {("u1", "c"), ("u2", "b")}
-    assert test.timestamps is not None and sorted(test.timestamps) == [6.0, 9.0]
+    assert list(train.items.ids) == ["a", "b", "c", "z"]  # train's indices kept, z appended
+    assert train.matrix.shape == (2, 4) and train.matrix[:, 3].nnz == 0
+    assert pairs_raw(test) == {("u1", "c"), ("u2", "b"), ("u1", "z")}
+    assert test.timestamps is not None and sorted(test.timestamps) == [6.0, 8.0, 9.0]
+
+
+def test_read_split_catalogue_holds_the_negatives_items(tmp_path):
+    """NCF files name items that no train row has (ml-1m.test.negative does): they are ranked."""
+    tr, te, neg = tmp_path / "train.rating", tmp_path / "test.rating", tmp_path / "t.negative"
+    tr.write_text("0\t1\t5\t10\n0\t2\t4\t11\n1\t2\t3\t12\n1\t3\t5\t13\n")
+    te.write_text("0\t3\t5\t20\n1\t7\t4\t21\n")  # item 7: test file only
+    neg.write_text("(0,3)\t8\t2\n(1,7)\t9\t1\n")  # items 8, 9: negatives only
+    train, test, info = read_split(tr, te, negatives=neg)
+    assert list(train.items.ids) == ["1", "2", "3", "7", "8", "9"]
+    assert (info["items_without_train"], info["test_unseen_items"],
+            info["negative_items_without_train"]) == (3, 1, 2)
+    assert pairs_raw(test) == {("0", "3"), ("1", "7")}
+    negs = read_negatives(neg, train.users, train.items)
+    assert sorted(train.items.raw(negs[train.users.index("0")])) == ["2", "8"]
+    assert negative_items(neg) == ["3", "8", "2", "7", "9", "1"]
 
 
 LIGHTGCN_TRAIN = "0 10 11 12\n1 11 13\n2 12 13 14 15 16\n3\n"
@@ -113,9 +135,9 @@ def test_lightgcn_format_detected_and_read(tmp_path):
     assert train.nnz == 10 and train.n_users == 3  # user 3 has no item: no interaction
     train, test, info = read_split(tr, te)
     assert info["format"] == "lightgcn"
-    assert pairs_raw(test) == {("0", "13"), ("1", "10"), ("2", "16")}
+    assert pairs_raw(test) == {("0", "13"), ("1", "10"), ("1", "99"), ("2", "16")}
     assert (info["test_unseen_users"], info["test_unseen_items"],
-            info["test_pairs_unseen"], info["test_pairs_in_train"]) == (1, 1, 2, 1)
+            info["test_pairs_unseen"], info["test_pairs_in_train"]) == (1, 1, 1, 1)
     # Columns files are not mistaken for it; the format can be forced.
     cols = tmp_path / "u.data"
     cols.write_text("1\t10\t5\t881250949\n2\t11\t3\t881250950\n")
