@@ -12,9 +12,9 @@ import scipy.sparse as sp
 from recsys_metric import Interactions, Recommender, TrainConfig, leave_last_out
 from recsys_metric.evaluation import evaluate_index, evaluate_ranking, sampled_metrics
 from recsys_metric.protocols import (
+    negative_items,
     parse_cut,
     read_lightgcn,
-    negative_items,
     read_negatives,
     read_split,
     sample_negatives,
