@@ -29,7 +29,7 @@ TRAIN_FLAGS = {
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS "
                "given the time order CML uses: context rows, users pulled toward their latest "
-               "items); "
+               "items), ease (Steck's closed-form item-item model; O(items²) memory); "
                "default %(default)s")
 
 
@@ -475,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 - confidence level of the intervals (default 0.05: 95%%)")
     p.add_argument("--per-user", metavar="PATH", help="also write the per-user CSV here")
     p.add_argument("--tune", action="store_true",
-                   help="first tune cml, als and bpr with the same number of trials on a "
-                        "validation split carved from train (CML flags given fix that parameter)")
+                   help="first tune cml, als, bpr and ease (those asked) with the same number "
+                        "of trials on a validation split carved from train (CML flags given fix "
+                        "that parameter)")
     p.add_argument("--trials", type=_positive, default=20,
                    help="Optuna trials per model with --tune (default 20)")
     _add_train_args(p)
@@ -485,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="search hyper-parameters on a validation split carved from "
                                     "the train part (the test part is never read)")
     _add_data_args(p)
-    p.add_argument("--model", default="cml", help="cml (default), als or bpr")
+    p.add_argument("--model", default="cml", help="cml (default), als, bpr or ease")
     p.add_argument("--trials", type=_positive, default=20, help="Optuna trials (default 20)")
     p.add_argument("--out", help="JSON file of the best config (default tuned-MODEL.json); for "
                                  "cml, 'train --config' and 'evaluate --config' read it")

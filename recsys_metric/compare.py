@@ -20,7 +20,7 @@ from .split import leave_last_out, random_holdout, temporal
 from .train import TrainConfig
 
 PROTOCOLS = ("leave-last-out", "random", "temporal")
-MODELS = ("cml", "popularity", "als", "bpr", "als-recency")
+MODELS = ("cml", "popularity", "als", "bpr", "als-recency", "ease")
 DEFAULT_MODELS = MODELS[:4]  # the JSON contract's models (als-recency: baselines.PRESETS)
 REFERENCE = "cml"  # the model every other one is paired with
 # Per-user metrics tested in the paired comparison (novelty is a property, not a quality).
@@ -58,9 +58,10 @@ def fit_model(name: str, train: Interactions, config: TrainConfig, seed: int,
         from .recommender import Recommender
 
         return Recommender(config, index=index).fit(train, show_progress=show_progress)
-    from .baselines import make_baseline
+    from .baselines import make_baseline, takes_seed
 
-    return make_baseline(name, **({} if name == "popularity" else {"seed": seed}),
+    # seed only for the seeded ones: popularity and EASE are deterministic
+    return make_baseline(name, **({"seed": seed} if takes_seed(name) else {}),
                          **(params or {})).fit(train)
 
 
@@ -146,11 +147,12 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
         models, ``result["paired"][model][METRIC]``: a paired bootstrap test of CML minus that
         model over the same users (:func:`recsys_metric.stats.paired_test`). 0 skips both.
 
-    tune_trials : > 0 first tunes CML, ALS and BPR (those in ``models``) with this many Optuna
-        trials each on a validation split carved from the train part (:func:`tune_models`; the
-        test part is never seen), then fits each with its best parameters on the whole train
-        part. ``result["tuned"][model]``: ``params``, ``config``, ``metric``, ``validation_value``,
-        ``n_trials``, ``seconds``, ``trials``. ``tune_space`` as in :func:`tune_models`.
+    tune_trials : > 0 first tunes CML, ALS, BPR and EASE (those in ``models``) with this many
+        Optuna trials each on a validation split carved from the train part
+        (:func:`tune_models`; the test part is never seen), then fits each with its best
+        parameters on the whole train part. ``result["tuned"][model]``: ``params``,
+        ``config``, ``metric``, ``validation_value``, ``n_trials``, ``seconds``, ``trials``.
+        ``tune_space`` as in :func:`tune_models`.
 
     CML's per-epoch validation curve (present when ``config.patience > 0``, or from the best
     tuning trial) is returned as ``result["validation"]["cml"]``: ``{"best_epoch": n,

@@ -4,7 +4,8 @@
 validation split from it with :func:`recsys_metric.split.validation_split` (each user's latest
 train item), and runs Optuna's seeded TPE sampler: every trial fits on the carved train part and
 scores the carved validation part by full ranking (:func:`evaluate_ranking`). The same number of
-trials tunes CML, implicit ALS and implicit BPR, so a comparison of tuned models is fair.
+trials tunes CML, implicit ALS, implicit BPR and EASE, so a comparison of tuned models is fair.
+EASE is closed-form (no epochs or iterations): a trial is one fit of its ``l2``.
 
 CML's number of epochs is not sampled: each trial trains up to the top of the epochs range,
 evaluating the validation split after every epoch (the :class:`Trainer` does this when given a
@@ -44,7 +45,8 @@ SPACES: dict[str, dict[str, Any]] = {
         "transitions": ("categorical", [0, 1, 2]),
     },
     "als": {
-        "factors": ("categorical", [32, 64, 128, 256]),
+        # up to the large dimensions of tuned iALS (Rendle et al. 2022: 192 and more on ML-1M)
+        "factors": ("categorical", [32, 64, 128, 256, 512]),
         "regularization": ("log", 1e-3, 1.0),
         "alpha": ("log", 0.5, 50.0),
         "iterations": ("int", 5, 30),
@@ -61,6 +63,11 @@ SPACES: dict[str, dict[str, Any]] = {
         "learning_rate": ("log", 1e-3, 0.1),
         "regularization": ("log", 1e-4, 0.1),
         "iterations": ("int", 20, 200),
+    },
+    # best NDCG@10 at l2 100-200 on the bundled books and ml-100k validation splits, 500 on
+    # ml-100k's ua split (Steck: a few hundred to 1000 on larger MovieLens / Netflix data)
+    "ease": {
+        "l2": ("log", 1.0, 1e4),
     },
 }
 TUNABLE = tuple(SPACES)  # popularity has nothing to tune
@@ -154,15 +161,16 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
     ----------
     data : the **train** part of the user's split. Never pass the test part: the validation
         split (each user's latest interaction in ``data``) is carved from this.
-    model : ``"cml"``, ``"als"`` or ``"bpr"``.
+    model : ``"cml"``, ``"als"``, ``"bpr"`` or ``"ease"``.
     trials : number of Optuna trials (the same for every model keeps a comparison fair).
-    seed : seeds the TPE sampler and every fitted model.
+    seed : seeds the TPE sampler and every seeded model (all but EASE).
     k, metric : the validation metric maximised, a key of :func:`evaluate_ranking`;
         ``"NDCG"`` alone means ``f"NDCG@{k}"``.
     timeout : stop starting new trials after this many seconds (then fewer trials may run).
     show_progress : Optuna's progress bar over trials.
     base : the values of the parameters not searched: for CML a :class:`TrainConfig` (or dict of
-        its fields; device, backend, batch size, seed...), for ALS/BPR constructor arguments.
+        its fields; device, backend, batch size, seed...), for a baseline its constructor
+        arguments.
     space : overrides of :data:`SPACES` for ``model``: a spec tuple (``("int", 1, 5)``,
         ``("log", 1e-3, 1.0)``, ``("float", a, b)``, ``("categorical", [...])``) changes a
         range, any other value fixes the parameter.
@@ -171,8 +179,8 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
     -------
     dict with ``model``, ``metric``, ``best_value`` (validation), ``best_params`` (the searched
     and fixed ones; CML's include the chosen ``epochs``), ``config`` (for CML a
-    ``TrainConfig.to_dict()`` with patience 0, accepted by ``train --config``; for ALS/BPR the
-    keyword arguments of :func:`recsys_metric.baselines.make_baseline` without ``seed``),
+    ``TrainConfig.to_dict()`` with patience 0, accepted by ``train --config``; for the baselines
+    the keyword arguments of :func:`recsys_metric.baselines.make_baseline` without ``seed``),
     ``trials`` (one dict per trial: ``number``, ``value``, ``params``, ``seconds``, ``state``),
     ``n_trials``, ``seconds``, ``seed``, ``validation`` (sizes of the carved split) and, for
     CML, ``history``: the best trial's per-epoch validation logs.
@@ -205,9 +213,10 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
             histories[trial.number] = history
         else:
             params = _suggest(trial, params_space)
-            from .baselines import make_baseline
+            from .baselines import make_baseline, takes_seed
 
-            fitted = make_baseline(name, **{**base_values, **params, "seed": seed}).fit(fit)
+            seeded = {"seed": seed} if takes_seed(name) else {}  # EASE is deterministic
+            fitted = make_baseline(name, **{**base_values, **params, **seeded}).fit(fit)
             value = float(evaluate_ranking(fitted, fit.matrix, valid.matrix, k=ks)[metric])
         trial.set_user_attr("params", params)
         trial.set_user_attr("seconds", time.perf_counter() - t0)

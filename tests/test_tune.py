@@ -63,6 +63,40 @@ def test_tune_baselines_same_budget_and_seeded():
     assert all(t["params"]["iterations"] == 5 for t in bpr["trials"])
 
 
+def test_tune_ease_closed_form_one_fit_per_trial():
+    board = checkerboard(30, 20)
+    res = tune(board, "ease", trials=3, seed=2, show_progress=False)
+    assert res["model"] == "ease" and res["n_trials"] == 3 and len(res["trials"]) == 3
+    assert set(res["config"]) == {"l2"} and 1.0 <= res["config"]["l2"] <= 1e4  # no seed
+    assert res["best_value"] == max(t["value"] for t in res["trials"]) and "history" not in res
+    again = tune(board, "ease", trials=3, seed=2, show_progress=False)
+    assert [(t["params"], t["value"]) for t in again["trials"]] == \
+        [(t["params"], t["value"]) for t in res["trials"]]  # TPE seeded, EASE deterministic
+    fixed = tune(board, "ease", trials=1, show_progress=False, space={"l2": 7.0})
+    assert fixed["config"] == {"l2": 7.0}
+
+
+def test_compare_tunes_ease_like_the_others(monkeypatch):
+    from recsys_metric.baselines import EASE
+    from recsys_metric.compare import run_comparison
+
+    fits = []  # (l2, train size) of every EASE fit
+    real_fit = EASE.fit
+    monkeypatch.setattr(EASE, "fit", lambda self, tr: fits.append((self.l2, tr.nnz)) or
+                        real_fit(self, tr))
+    board = checkerboard(30, 20, density=0.7)
+    res = run_comparison(board, models=("popularity", "ease"), tune_trials=2,
+                         show_progress=False)
+    assert set(res["tuned"]) == {"ease"}  # popularity has nothing to tune
+    tuned = res["tuned"]["ease"]
+    assert tuned["n_trials"] == 2 and set(tuned["config"]) == {"l2"}
+    assert "validation" not in res and np.isfinite(res["models"]["ease"]["NDCG@10"])
+    # two trials on the carved fit part, then the tuned l2 refit on the whole train part
+    assert [l2 for l2, _ in fits] == [t["params"]["l2"] for t in tuned["trials"]] + \
+        [tuned["config"]["l2"]]
+    assert fits[-1][1] == res["split"]["train"] > fits[0][1]
+
+
 def test_bad_arguments_raise_clear_errors():
     board = checkerboard(10, 10)
     with pytest.raises(ValueError, match="cannot tune model 'popularity'"):
