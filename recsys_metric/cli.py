@@ -60,9 +60,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for name, typ in TRAIN_FLAGS.items():
         g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name)
     g.add_argument("--no-rank-weight", action="store_true", help="plain hinge, no WARP weight")
-    g.add_argument("--time-blind", action="store_true",
-                   help="no recency visits, context rows or pull: for a task other than the "
-                        "next item (e.g. --protocol random)")
+    g.add_argument("--task", choices=("auto", "next", "any"), default="auto",
+                   help="what CML is for: 'next', each user's next item (the time order: "
+                        "recency visits, context rows, the pull); 'any', items from anywhere in "
+                        "a history (time-blind). auto (default): read from the split by "
+                        "evaluate/compare/tune (the next item when the test holds it), 'next' "
+                        "for train")
+    g.add_argument("--time-blind", action="store_true", help="same as --task any")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -85,9 +89,11 @@ def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
         except ValueError as e:
             raise ValueError(f"{args.config}: {e}") from None
         values.update(loaded)
-    if args.time_blind:
-        values.update(TIME_BLIND)
+    explicit = set(values) - set(defaults)  # the --config file's
+    if _task(args) == "any":  # as TrainConfig.for_task: what a user gave stays
+        values.update({k: v for k, v in TIME_BLIND.items() if k not in explicit})
     flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    args.explicit = sorted(explicit | set(flags))  # kept whatever the task
     values.update(flags)
     if args.no_rank_weight:
         values["rank_weight"] = False
@@ -100,12 +106,22 @@ def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
     return config
 
 
-def _note_time_order(args: argparse.Namespace, models, config: TrainConfig) -> None:
-    """A random holdout is not a next-item task: say that CML's time order then works against it."""
-    uses_time = config.recent_share > 0 or config.transitions > 0 or config.recent_pull > 0
-    if getattr(args, "protocol", None) == "random" and "cml" in models and uses_time:
-        print("note: CML's defaults use the time order to predict each user's next item; a random "
-              "holdout hides items from anywhere in a history: --time-blind turns that off")
+def _task(args: argparse.Namespace) -> str:
+    """--task, with --time-blind as --task any."""
+    if args.time_blind and args.task == "next":
+        raise ValueError("--time-blind and --task next contradict each other: give one")
+    return "any" if args.time_blind else args.task
+
+
+def _note_task(result: dict) -> None:
+    """Which task CML was trained for, and why (when it is in the comparison)."""
+    t = result.get("task")
+    if t and "cml_config" in result:
+        how = ("with the time order (recency visits, context rows, the pull)"
+               if t["task"] == "next" else "time-blind")
+        other = "any" if t["task"] == "next" else "next"
+        print(f"task: {t['task']}, {t['reason']}: CML trained {how}; --task {other} to "
+              "override")
 
 
 def _read(args: argparse.Namespace):
@@ -188,6 +204,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .modeldir import check_target
     from .recommender import Recommender
 
+    if args.task == "auto":  # no split to read the task from: the next item
+        args.task = "next"
     config = _config(args)
     check_target(args.out)  # before any work: never train a model that cannot be saved
     data = _read(args)
@@ -270,11 +288,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's ALS warns otherwise
     data, extra = _inputs(args)
     result = run_comparison(data, extra.pop("protocol"), models, args.k, config, config.seed,
-                            show_progress=not args.quiet, per_user=bool(args.per_user), **extra)
+                            show_progress=not args.quiet, per_user=bool(args.per_user),
+                            task=_task(args), keep=args.explicit, **extra)
     print(_split_line(args, result))
     print(format_table(result))
     _print_extras(result)
-    _note_time_order(args, models, config)
+    _note_task(result)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(json_ready(result), indent=2))
@@ -305,14 +324,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             show_progress=not args.quiet, **extra,
                             per_user=True, n_boot=args.n_boot, alpha=args.alpha,
                             tune_trials=args.trials if args.tune else 0,
-                            tune_space={"cml": _tune_space(args)})
+                            tune_space={"cml": _tune_space(args)}, task=_task(args),
+                            keep=args.explicit)
     command = "recsys-metric " + shlex.join(getattr(args, "argv", None) or [])
-    cml_config = result.get("tuned", {}).get("cml", {}).get("config") or config.to_dict()
+    cml_config = result.get("cml_config") or config.to_dict()
     paths = write_report(result, out, command=command.strip(), config=cml_config)
     k = main_k(result["k"])
     print(_split_line(args, result))
     print(markdown_tables(result, [k]))
-    _note_time_order(args, models, config)
+    _note_task(result)
     _print_extras(result)
     paired = paired_table(result, [k])
     if paired:
@@ -328,13 +348,12 @@ def _tune_space(args: argparse.Namespace) -> dict:
     """CML search-space overrides: a tuned parameter given as a flag is fixed to its value."""
     from .tune import SPACES
 
-    fixed = dict(TIME_BLIND) if getattr(args, "time_blind", False) else {}
-    fixed.update({k: getattr(args, k) for k in SPACES["cml"] if getattr(args, k, None) is not None})
-    return fixed
+    return {k: getattr(args, k) for k in SPACES["cml"] if getattr(args, k, None) is not None}
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .compare import split
+    from .protocols import task_of
     from .tune import check_metric, check_model, tune
 
     model = check_model(args.model)
@@ -350,7 +369,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     _check_output_file(str(out), "--out")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     data = _read(args)
-    train, _ = split(data, args.protocol, config.seed)  # the test part is set aside, never read
+    # the test part is set aside: only its shape (when its items come) decides the task
+    train, test = split(data, args.protocol, config.seed)
+    task = task_of(train, test) if _task(args) == "auto" else {"task": _task(args),
+                                                                "reason": "as asked"}
+    if model == "cml" and task["task"] == "any":
+        config = config.for_task("any", args.explicit)
+        fixed = {**{k: v for k, v in TIME_BLIND.items() if k not in args.explicit}, **fixed}
     result = tune(train, model, args.trials, config.seed, metric=metric, timeout=args.timeout,
                   show_progress=not args.quiet, base=config if model == "cml" else None,
                   space=fixed or None)
@@ -360,6 +385,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"{args.ratings}: {args.protocol}; tuned {model} on the train part only "
           f"({train.nnz} interactions, test set aside): fit {sizes['fit']}, validation "
           f"{sizes['valid']} ({sizes['valid_users']} users, each one's latest train item)")
+    if model == "cml":
+        print(f"task: {task['task']}, {task['reason']}"
+              + (": the time order stays off" if task["task"] == "any" else ""))
     print(f"{result['n_trials']} trials in {result['seconds']:.1f} s; best validation {metric}: "
           f"{result['best_value']:.4f}")
     print("best parameters: " + ", ".join(

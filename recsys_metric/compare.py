@@ -15,9 +15,9 @@ import numpy as np
 
 from .data import Interactions
 from .evaluation import evaluate_index, evaluate_ranking, sampled_metrics
-from .protocols import temporal_split
+from .protocols import task_of, temporal_split
 from .split import leave_last_out, random_holdout, temporal
-from .train import TrainConfig
+from .train import TIME_BLIND, TrainConfig
 
 PROTOCOLS = ("leave-last-out", "random", "temporal")
 MODELS = ("cml", "popularity", "als", "bpr", "als-recency", "ease")
@@ -120,7 +120,8 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
                    cut: float | None = None,
                    presplit: tuple[Interactions, Interactions, dict] | None = None,
                    negatives: str | Path | dict | None = None, sample_negatives: int = 0,
-                   approximate: bool = False) -> dict:
+                   approximate: bool = False, task: str = "auto", keep: Sequence[str] = ()
+                   ) -> dict:
     """Split ``data``, fit each model on the train part, evaluate on the test part.
 
     Parameters
@@ -154,6 +155,11 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
         ``config``, ``metric``, ``validation_value``, ``n_trials``, ``seconds``, ``trials``.
         ``tune_space`` as in :func:`tune_models`.
 
+    task : ``"auto"`` (read from the split: :func:`recsys_metric.protocols.task_of`),
+        ``"next"`` or ``"any"``; for ``"any"`` CML is trained time-blind
+        (:meth:`TrainConfig.for_task`) but for the fields in ``keep``. ``result["task"]``
+        says which and why; ``result["cml_config"]`` is the config CML was fitted with.
+
     CML's per-epoch validation curve (present when ``config.patience > 0``, or from the best
     tuning trial) is returned as ``result["validation"]["cml"]``: ``{"best_epoch": n,
     "history": [per-epoch dicts]}``.
@@ -179,6 +185,16 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
                   "test_users": int((np.diff(test.matrix.indptr) > 0).sum()), **info},
         "models": {},
     }
+    result["task"] = task_of(train, test) if task == "auto" else {
+        "task": task, "reason": "as asked", **{k: v for k, v in task_of(train, test).items()
+                                               if k not in ("task", "reason")}}
+    config = config.for_task(result["task"]["task"], keep)
+    if result["task"]["task"] == "any" and tune_trials:  # the time order stays off when tuned
+        tune_space = {**(tune_space or {}), "cml": {
+            **{k: v for k, v in TIME_BLIND.items() if k not in set(keep)},
+            **(tune_space or {}).get("cml", {})}}
+    if REFERENCE in parse_models(models):
+        result["cml_config"] = config.to_dict()
     if result["split"]["test_users"] == 0:
         raise ValueError(f"{result['dataset']}: no user has a test item after the {protocol} "
                          f"split (train {train.nnz}, test {test.nnz} interactions): "
@@ -190,6 +206,8 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
     names = parse_models(models)
     tuned = (tune_models(train, names, tune_trials, config, seed, show_progress, tune_space)
              if tune_trials else {})
+    if "cml" in tuned:
+        result["cml_config"] = tuned["cml"]["config"]
     if tuned:
         result["tuned"] = {name: {"params": t["best_params"], "config": t["config"],
                                   "metric": t["metric"], "validation_value": t["best_value"],

@@ -151,6 +151,45 @@ def temporal_split(data: Interactions, cut: float = 0.8
                          "data_items": data.n_items, **info}
 
 
+def share_after(train: Interactions, test: Interactions) -> float | None:
+    """The share of test pairs (of users with a train history) that come at or after their
+    user's latest train interaction: about 1 when the test holds each user's next items
+    (leave-last-out, a cut in time), well below for a random holdout. None without timestamps
+    (or without a test pair of a train user). ``test`` is over ``train``'s users."""
+    if train.timestamps is None or test.timestamps is None:
+        return None
+    last = np.full(train.n_users, -np.inf)
+    np.maximum.at(last, np.repeat(np.arange(train.n_users), np.diff(train.matrix.indptr)),
+                  train.timestamps)
+    users = np.repeat(np.arange(test.n_users), np.diff(test.matrix.indptr))
+    has = np.isfinite(last[users])
+    if not has.any():
+        return None
+    return float(np.mean(test.timestamps[has] >= last[users[has]]))
+
+
+def task_of(train: Interactions, test: Interactions) -> dict:
+    """What a split asks for: ``{"task", "reason", "share_after", "test_items_per_user"}``.
+
+    ``"next"`` when the test holds each user's next item: at most about one item per test user
+    (fewer than 2 on average), most of them (half or more, :func:`share_after`) at or after the
+    user's train history; ``"any"`` otherwise (a random holdout, several future items, no
+    timestamps). CML's time order was chosen for the first; on the others it loses or ties on
+    validation splits shaped like them (``experiments/results/task_defaults.md``)."""
+    per_user = np.diff(test.matrix.indptr)
+    items = float(per_user[per_user > 0].mean()) if test.nnz else 0.0
+    after = share_after(train, test)
+    out = {"share_after": after, "test_items_per_user": round(items, 3)}
+    if after is None:
+        return {"task": "any", "reason": "no timestamps to tell the next item", **out}
+    if after >= 0.5 and items < 2:
+        return {"task": "next", "reason": f"the test holds each user's next item ({after:.0%} "
+                                          "after their train history)", **out}
+    why = (f"{items:.1f} test items per user" if after >= 0.5
+           else f"only {after:.0%} of the test after each user's train history")
+    return {"task": "any", "reason": f"the test is not each user's next item ({why})", **out}
+
+
 # --------------------------------------------------------------------------- pre-split files
 
 

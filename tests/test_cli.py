@@ -157,29 +157,30 @@ def test_train_says_when_the_time_order_is_missing(tmp_path, csv_path, capsys):
     assert not [w for w in caught if w.category is TimeOrderWarning]  # a note, not a warning
 
 
-def test_time_blind_switches_the_time_order_off(csv_path, capsys):
-    import argparse
-
-    from recsys_metric.cli import _config, _tune_space
+def test_the_task_is_read_from_the_split_and_sets_the_time_order(csv_path, tmp_path, capsys):
     from recsys_metric.train import TIME_BLIND
 
     ratings, _ = csv_path
-    base = ["evaluate", str(ratings), "--protocol", "random", "--models", "cml,popularity",
-            *TRAIN]
-    assert main(base) == 0
-    assert "--time-blind" in capsys.readouterr().out  # the note: a random holdout is no next item
-    assert main([*base, "--time-blind"]) == 0
-    assert "--time-blind" not in capsys.readouterr().out
-    # the config: the three off, though a flag still wins; tune keeps them fixed
-    args = argparse.Namespace(config=None, time_blind=True, no_rank_weight=False,
-                              **{k: None for k in ("dim", "margin", "n_negatives", "epochs",
-                                                   "batch_size", "lr", "optimizer", "clip_norm",
-                                                   "init_norm", "cov_weight", "seed", "device",
-                                                   "backend", "patience", "lanes",
-                                                   "average_last", "recent_share",
-                                                   "recent_visits", "recent_pull", "pull_decay",
-                                                   "transitions")})
-    assert {k: getattr(_config(args), k) for k in TIME_BLIND} == TIME_BLIND
-    args.recent_pull = 0.3
-    assert _config(args).recent_pull == 0.3 and _config(args).transitions == 0
-    assert _tune_space(args) == {**TIME_BLIND, "recent_pull": 0.3}
+    js = tmp_path / "r.json"
+
+    def run(*extra):
+        assert main(["evaluate", str(ratings), "--models", "cml,popularity", "--json", str(js),
+                     *TRAIN, *extra]) == 0
+        out = capsys.readouterr().out
+        res = json.loads(js.read_text())
+        return res["task"], {k: res["cml_config"][k] for k in TIME_BLIND}, out
+
+    task, cfg, out = run("--protocol", "random")  # a random holdout: not the next item
+    assert task["task"] == "any" and task["share_after"] < 0.5 and cfg == TIME_BLIND
+    assert "task: any" in out and "--task next to override" in out
+    task, cfg, out = run()  # leave-last-out: each user's next item, the time order on
+    assert task["task"] == "next" and task["test_items_per_user"] == 1
+    assert cfg["recent_pull"] > 0 and cfg["transitions"] > 0 and "task: next" in out
+    task, cfg, _ = run("--protocol", "random", "--task", "next")  # asked: as asked
+    assert task == {**task, "task": "next", "reason": "as asked"} and cfg["recent_pull"] > 0
+    for flag in (["--time-blind"], ["--task", "any"]):
+        assert run(*flag)[1] == TIME_BLIND
+    # a value given explicitly stays whatever the task
+    assert run("--protocol", "random", "--recent-pull", "0.3")[1]["recent_pull"] == 0.3
+    assert main(["evaluate", str(ratings), "--time-blind", "--task", "next", *TRAIN]) == 2
+    assert "contradict" in capsys.readouterr().err

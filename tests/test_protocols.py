@@ -22,7 +22,7 @@ from recsys_metric.protocols import (
     temporal_split,
 )
 
-from .conftest import checkerboard
+from .conftest import SHARED, checkerboard
 
 
 def pairs_raw(inter: Interactions) -> set[tuple[str, str]]:
@@ -328,3 +328,44 @@ def test_annoy_query_longer_than_calibrated_is_not_short():
     assert (ids >= 0).all() and sorted(ids[0].tolist()) == list(range(20))
     top, _ = index.query(centers[0], 10)
     assert sorted(top[0].tolist()) == list(range(10))
+
+
+# --------------------------------------------------------------------------- the task of a split
+
+
+def test_task_of_a_split_known_answers():
+    from recsys_metric import TIME_BLIND, random_holdout, temporal
+    from recsys_metric.protocols import share_after, task_of
+
+    data = checkerboard(40, 20)  # each user's items at times 0..9
+    train, test = leave_last_out(data)
+    assert share_after(train, test) == 1.0
+    t = task_of(train, test)
+    assert t["task"] == "next" and t["test_items_per_user"] == 1.0
+    train, test = random_holdout(data, 0.3, seed=0)
+    assert task_of(train, test)["task"] == "any" and share_after(train, test) < 0.5
+    train, test = temporal(data, 0.5)  # every user's later half: several future items each
+    t = task_of(train, test)
+    assert t["task"] == "any" and t["share_after"] == 1.0 and t["test_items_per_user"] == 5.0
+    untimed = Interactions.from_pairs(*zip(*pairs_raw(data), strict=True))
+    train, test = leave_last_out(untimed)
+    assert task_of(train, test) == {"task": "any", "reason": "no timestamps to tell the next "
+                                    "item", "share_after": None, "test_items_per_user": 1.0}
+    cfg = TrainConfig(recent_pull=0.3)
+    assert cfg.for_task("next") is cfg
+    blind = cfg.for_task("any")
+    assert {k: getattr(blind, k) for k in TIME_BLIND} == TIME_BLIND and cfg.recent_pull == 0.3
+    assert cfg.for_task("any", keep=["recent_pull"]).recent_pull == 0.3
+    with pytest.raises(ValueError, match="task must be one of next, any"):
+        cfg.for_task("auto")
+
+
+@pytest.mark.skipif(not (SHARED / "ml-100k").is_dir(), reason="MovieLens not available")
+def test_the_given_ml100k_splits_are_not_next_item_tasks():
+    from recsys_metric.protocols import task_of
+
+    for name in ("ua", "ub"):
+        train, test, _ = read_split(SHARED / f"ml-100k/{name}.base",
+                                    SHARED / f"ml-100k/{name}.test")
+        t = task_of(train, test)
+        assert t["task"] == "any" and t["share_after"] < 0.1 and t["test_items_per_user"] == 10

@@ -138,8 +138,9 @@ def test_write_report_without_cis_or_validation(tmp_path):
     cfg = TrainConfig(dim=8, epochs=3, n_negatives=5, batch_size=64)  # patience 0
     res = run_comparison(data, models=("cml", "popularity"), k=(1, 5), config=cfg,
                          show_progress=False)
-    # Without n_boot the result is exactly the contract plus the new metrics: no extras.
-    assert set(res) == CONTRACT and not any(key.endswith("_ci") for key in res["models"]["cml"])
+    # Without n_boot the result is the contract, the task and CML's config: no CIs.
+    assert set(res) == CONTRACT | {"task", "cml_config"}
+    assert not any(key.endswith("_ci") for key in res["models"]["cml"])
     paths = write_report(res, tmp_path / "r")
     assert set(paths) == {"results", "plot_k", "report"}
     md = paths["report"].read_text()

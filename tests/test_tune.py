@@ -175,6 +175,19 @@ def test_cli_tune_writes_a_config_that_train_accepts(tmp_path, csv_path, capsys)
     capsys.readouterr()
 
 
+def test_cli_tune_keeps_the_time_order_off_for_a_random_holdout(tmp_path, csv_path, capsys):
+    from recsys_metric import TIME_BLIND
+
+    cfg = tmp_path / "cml.json"
+    assert main(["tune", str(csv_path), "--protocol", "random", "--trials", "3", "--out",
+                 str(cfg), *FAST]) == 0
+    assert "task: any" in capsys.readouterr().out
+    written = json.loads(cfg.read_text())
+    assert {k: written[k] for k in TIME_BLIND} == TIME_BLIND  # fixed, not searched
+    assert main(["tune", str(csv_path), "--trials", "2", "--out", str(cfg), *FAST]) == 0
+    assert "task: next" in capsys.readouterr().out  # leave-last-out: the time order is tuned
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["tune", "RATINGS", "--model", "knn"], "cannot tune model 'knn'"),
     (["tune", "RATINGS", "--model", "popularity"], "popularity has no hyper-parameters"),
