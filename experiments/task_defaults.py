@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from recsys_metric import TIME_BLIND, Interactions, TrainConfig, Trainer, read_ratings
-from recsys_metric.compare import split
 from recsys_metric.evaluation import evaluate_ranking
 from recsys_metric.protocols import read_split, share_after
+from recsys_metric.split import split
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"

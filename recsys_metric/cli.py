@@ -352,8 +352,8 @@ def _tune_space(args: argparse.Namespace) -> dict:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .compare import split
     from .protocols import task_of
+    from .split import split
     from .tune import check_metric, check_model, tune
 
     model = check_model(args.model)
@@ -378,13 +378,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         fixed = {**{k: v for k, v in TIME_BLIND.items() if k not in args.explicit}, **fixed}
     result = tune(train, model, args.trials, config.seed, metric=metric, timeout=args.timeout,
                   show_progress=not args.quiet, base=config if model == "cml" else None,
-                  space=fixed or None)
+                  space=fixed or None, protocol=args.protocol)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result["config"], indent=2) + "\n")
     sizes = result["validation"]
     print(f"{args.ratings}: {args.protocol}; tuned {model} on the train part only "
           f"({train.nnz} interactions, test set aside): fit {sizes['fit']}, validation "
-          f"{sizes['valid']} ({sizes['valid_users']} users, each one's latest train item)")
+          f"{sizes['valid']} ({sizes['valid_users']} users; carved as {args.protocol})")
     if model == "cml":
         print(f"task: {task['task']}, {task['reason']}"
               + (": the time order stays off" if task["task"] == "any" else ""))

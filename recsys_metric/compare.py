@@ -16,26 +16,14 @@ import numpy as np
 from .data import Interactions
 from .evaluation import evaluate_index, evaluate_ranking, sampled_metrics
 from .protocols import task_of, temporal_split
-from .split import leave_last_out, random_holdout, temporal
+from .split import PROTOCOLS, split
 from .train import TIME_BLIND, TrainConfig
 
-PROTOCOLS = ("leave-last-out", "random", "temporal")
 MODELS = ("cml", "popularity", "als", "bpr", "als-recency", "ease")
 DEFAULT_MODELS = MODELS[:4]  # the JSON contract's models (als-recency: baselines.PRESETS)
 REFERENCE = "cml"  # the model every other one is paired with
 # Per-user metrics tested in the paired comparison (novelty is a property, not a quality).
 PAIRED_PREFIXES = ("HR@", "NDCG@", "Recall@", "Precision@", "MAP@", "MRR", "AUC")
-
-
-def split(data: Interactions, protocol: str, seed: int = 0, cut: float | None = None
-          ) -> tuple[Interactions, Interactions]:
-    if protocol == "leave-last-out":
-        return leave_last_out(data)
-    if protocol == "random":
-        return random_holdout(data, 0.2, seed)
-    if protocol == "temporal":
-        return temporal(data, 0.8 if cut is None else cut)
-    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
 def parse_models(spec: str | Sequence[str]) -> list[str]:
@@ -48,16 +36,19 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
 
 
 def fit_model(name: str, train: Interactions, config: TrainConfig, seed: int,
-              show_progress: bool = False, params: dict | None = None, index: str = "exact"):
+              show_progress: bool = False, params: dict | None = None, index: str = "exact",
+              validation: str = "leave-last-out"):
     """Fit model ``name`` on ``train``; the result has ``score_users`` for evaluation.
 
     ``config`` is CML's; ``params`` are a baseline's constructor arguments (e.g. tuned ones).
-    ``index`` is CML's serving index (its ``score_users`` is exact either way).
+    ``index`` is CML's serving index (its ``score_users`` is exact either way); ``validation``
+    the shape of the split CML's early stopping carves (with ``config.patience``).
     """
     if name == "cml":
         from .recommender import Recommender
 
-        return Recommender(config, index=index).fit(train, show_progress=show_progress)
+        return Recommender(config, index=index).fit(train, show_progress=show_progress,
+                                                    validation=validation)
     from .baselines import make_baseline, takes_seed
 
     # seed only for the seeded ones: popularity and EASE are deterministic
@@ -67,16 +58,26 @@ def fit_model(name: str, train: Interactions, config: TrainConfig, seed: int,
 
 def tune_models(train: Interactions, names: Sequence[str], trials: int, config: TrainConfig,
                 seed: int = 0, show_progress: bool = True,
-                space: dict[str, dict] | None = None) -> dict[str, dict]:
+                space: dict[str, dict] | None = None, validation: str = "leave-last-out"
+                ) -> dict[str, dict]:
     """Tune every tunable model of ``names`` with the same number of trials on ``train`` (the
-    train part only: :func:`recsys_metric.tune.tune` carves its validation split from it).
-    ``config`` gives CML's parameters that are not searched; ``space[model]`` overrides that
-    model's search space. Returns ``{model: tune result}``."""
+    train part only: :func:`recsys_metric.tune.tune` carves its validation split from it, in
+    the shape ``validation``). ``config`` gives CML's parameters that are not searched;
+    ``space[model]`` overrides that model's search space. Returns ``{model: tune result}``."""
     from .tune import TUNABLE, tune
 
     return {name: tune(train, name, trials, seed, show_progress=show_progress,
-                       base=config if name == "cml" else None, space=(space or {}).get(name))
+                       base=config if name == "cml" else None, space=(space or {}).get(name),
+                       protocol=validation)
             for name in names if name in TUNABLE}
+
+
+def validation_shape(protocol: str, task: str) -> str:
+    """The protocol a validation split carved from train follows: the test's own, and for a
+    given split (whose shape is unknown) leave-last-out for the next item, else random."""
+    if protocol in PROTOCOLS:
+        return protocol
+    return "leave-last-out" if task == "next" else "random"
 
 
 def _negatives(result: dict, train: Interactions, test: Interactions,
@@ -158,7 +159,9 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
     task : ``"auto"`` (read from the split: :func:`recsys_metric.protocols.task_of`),
         ``"next"`` or ``"any"``; for ``"any"`` CML is trained time-blind
         (:meth:`TrainConfig.for_task`) but for the fields in ``keep``. ``result["task"]``
-        says which and why; ``result["cml_config"]`` is the config CML was fitted with.
+        says which and why, and ``["validation"]`` the shape of the validation splits that
+        tuning and CML's early stopping carve from train (:func:`validation_shape`);
+        ``result["cml_config"]`` is the config CML was fitted with.
 
     CML's per-epoch validation curve (present when ``config.patience > 0``, or from the best
     tuning trial) is returned as ``result["validation"]["cml"]``: ``{"best_epoch": n,
@@ -204,8 +207,10 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
         raise ValueError(f"evaluating through the Annoy index needs {REFERENCE} among the models")
     arrays: dict[str, dict[str, np.ndarray]] = {}
     names = parse_models(models)
-    tuned = (tune_models(train, names, tune_trials, config, seed, show_progress, tune_space)
-             if tune_trials else {})
+    shape = validation_shape(protocol, result["task"]["task"])
+    result["task"]["validation"] = shape  # what tuning and early stopping carve from train
+    tuned = (tune_models(train, names, tune_trials, config, seed, show_progress, tune_space,
+                         shape) if tune_trials else {})
     if "cml" in tuned:
         result["cml_config"] = tuned["cml"]["config"]
     if tuned:
@@ -220,7 +225,7 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
                           TrainConfig.from_dict(tuned_config) if name == "cml" and tuned_config
                           else config, seed, show_progress,
                           tuned_config if name != "cml" else None,
-                          index="annoy" if approximate else "exact")
+                          index="annoy" if approximate else "exact", validation=shape)
         fit_seconds = time.perf_counter() - t0
         metrics = evaluate_ranking(model, train.matrix, test.matrix, k=k,
                                    per_user=per_user or n_boot > 0)

@@ -43,10 +43,13 @@ class Recommender:
     # -- fitting ---------------------------------------------------------------------------------
 
     def fit(self, interactions: Interactions, valid: Interactions | None = None,
-            show_progress: bool = True, callbacks: Sequence = ()) -> Recommender:
+            show_progress: bool = True, callbacks: Sequence = (),
+            validation: str = "leave-last-out") -> Recommender:
         """Train on ``interactions``. With ``config.patience > 0`` and no ``valid`` given, a
-        validation split is carved from it (each user's latest item) to pick the number of epochs,
-        then the model is refit on all of ``interactions`` for that many epochs."""
+        validation split is carved from it in the shape ``validation`` (a protocol of
+        :func:`recsys_metric.split.validation_split`; by default each user's latest item) to
+        pick the number of epochs, then the model is refit on all of ``interactions`` for that
+        many epochs."""
         cfg = self.config.validate()
         resolve_index(self.index, interactions.n_items)
         if interactions.timestamps is None and (cfg.transitions or cfg.recent_pull):
@@ -58,7 +61,7 @@ class Recommender:
         t0 = time.perf_counter()
         train = interactions.matrix
         if cfg.patience and valid is None:
-            sub, val = validation_split(interactions)
+            sub, val = validation_split(interactions, validation, cfg.seed)
             probe = Trainer(cfg, callbacks, show_progress).fit(sub, val)
             self.validation_history_ = probe.history
             epochs = probe.best_epoch or cfg.epochs

@@ -65,6 +65,33 @@ def temporal_cut(inter: Interactions, cut: float = 0.8) -> float:
     return float(np.quantile(inter.timestamps, cut)) if 0.0 < cut < 1.0 else float(cut)
 
 
-def validation_split(train: Interactions) -> tuple[Interactions, Interactions]:
-    """Carve a validation split from train for early stopping and tuning (never the test split)."""
-    return leave_last_out(train)
+PROTOCOLS = ("leave-last-out", "random", "temporal")
+
+
+def split(data: Interactions, protocol: str = "leave-last-out", seed: int = 0,
+          cut: float | None = None) -> tuple[Interactions, Interactions]:
+    """``(train, test)`` by ``protocol``: :func:`leave_last_out`, :func:`random_holdout` (20% of
+    each user's items, seeded) or :func:`temporal` (``cut``, default the 0.8 time quantile). The
+    one split function of ``evaluate``, ``compare`` and ``tune``, test and validation alike."""
+    if protocol == "leave-last-out":
+        return leave_last_out(data)
+    if protocol == "random":
+        return random_holdout(data, 0.2, seed)
+    if protocol == "temporal":
+        return temporal(data, 0.8 if cut is None else cut)
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+def validation_split(train: Interactions, protocol: str = "leave-last-out", seed: int = 0
+                     ) -> tuple[Interactions, Interactions]:
+    """Carve a validation split from ``train`` (never the test split) in the shape of the task's
+    test split, by :func:`split`, so that early stopping and tuning aim at what will be scored.
+    Validation pairs whose user or item has no interaction left to fit on are dropped (a cut in
+    time makes them), as the temporal protocol drops its unseen test pairs."""
+    fit, valid = split(train, protocol, seed)
+    if protocol != "temporal" or valid.nnz == 0:
+        return fit, valid
+    seen_user = np.diff(fit.matrix.indptr) > 0
+    seen_item = np.bincount(fit.matrix.indices, minlength=fit.n_items) > 0
+    keep = seen_user[_entry_users(valid)] & seen_item[valid.matrix.indices]
+    return fit, valid if keep.all() else valid.subset(keep)

@@ -1,9 +1,11 @@
 """Hyper-parameter search on a validation split carved from train; the test split is never read.
 
 :func:`tune` takes the *train* part of the user's split (the caller keeps test aside), carves a
-validation split from it with :func:`recsys_metric.split.validation_split` (each user's latest
-train item), and runs Optuna's seeded TPE sampler: every trial fits on the carved train part and
-scores the carved validation part by full ranking (:func:`evaluate_ranking`). The same number of
+validation split from it with :func:`recsys_metric.split.validation_split`, in the shape of the
+test split (each user's latest train item for leave-last-out, a random 20% for a random
+holdout, a cut in time for the temporal protocol), and runs Optuna's seeded TPE sampler: every
+trial fits on the carved train part and scores the carved validation part by full ranking
+(:func:`evaluate_ranking`). The same number of
 trials tunes CML, implicit ALS, implicit BPR and EASE, so a comparison of tuned models is fair.
 EASE is closed-form (no epochs or iterations): a trial is one fit of its ``l2``.
 
@@ -154,13 +156,17 @@ def _base_dict(base: TrainConfig | Mapping[str, Any] | None) -> dict[str, Any]:
 def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0, k: int = 10,
          metric: str = "NDCG@10", timeout: float | None = None, show_progress: bool = True,
          base: TrainConfig | Mapping[str, Any] | None = None,
-         space: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         space: Mapping[str, Any] | None = None, protocol: str = "leave-last-out"
+         ) -> dict[str, Any]:
     """Search ``model``'s hyper-parameters on a validation split carved from ``data``.
 
     Parameters
     ----------
     data : the **train** part of the user's split. Never pass the test part: the validation
-        split (each user's latest interaction in ``data``) is carved from this.
+        split is carved from this, in the shape of ``protocol``
+        (:func:`recsys_metric.split.validation_split`: by default each user's latest
+        interaction; ``"random"`` 20% of each user's items; ``"temporal"`` after the 0.8 time
+        quantile), so that tuning aims at what the test split scores.
     model : ``"cml"``, ``"als"``, ``"bpr"`` or ``"ease"``.
     trials : number of Optuna trials (the same for every model keeps a comparison fair).
     seed : seeds the TPE sampler and every seeded model (all but EASE).
@@ -198,10 +204,10 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
         TrainConfig.from_dict({**base_values, "patience": 0})  # fail before any trial
     optuna = _import_optuna()
 
-    fit, valid = validation_split(data)
+    fit, valid = validation_split(data, protocol, seed)
     if valid.nnz == 0:
-        raise ValueError(f"{data.source}: cannot carve a validation split from train: no user "
-                         "has two or more train interactions")
+        raise ValueError(f"{data.source}: cannot carve a {protocol} validation split from "
+                         "train: no user has two or more train interactions")
     ks = sorted({int(k), *([int(metric.split("@")[1])] if "@" in metric else [])})
     histories: dict[int, list[dict]] = {}
 
@@ -245,8 +251,8 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
                     "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3),
                     "state": t.state.name} for t in study.trials],
         "n_trials": len(done), "seconds": round(seconds, 3), "seed": int(seed),
-        "validation": {"split": "each train user's latest interaction (validation_split)",
-                       "fit": fit.nnz, "valid": valid.nnz,
+        "validation": {"split": f"{protocol}, carved from train (validation_split)",
+                       "protocol": protocol, "fit": fit.nnz, "valid": valid.nnz,
                        "valid_users": int((valid.matrix.getnnz(axis=1) > 0).sum())},
     }
     if name == "cml":

@@ -176,6 +176,8 @@ def test_published_files_rank_items_no_train_row_has(tmp_path, capsys):
     assert s["items"] == s["catalogue_items"] == 20 + 3 + 5 and s["items_without_train"] == 8
     assert s["negative_items_without_train"] == 5 and s["test_unseen_items"] == 3
     assert s["test_pairs_item_without_train"] == n_new and s["test"] == len(test)
+    # no timestamps in the test file: not the next item; tuning would carve a random split
+    assert res["task"]["task"] == "any" and res["task"]["validation"] == "random"
     for m in res["models"].values():
         assert 0 <= m["HR@10"] <= 1 and 0 <= m["sampled_HR@10"] <= 1
     assert "Catalogue: 28 items, 8 of them without train interactions" in capsys.readouterr().out

@@ -60,3 +60,27 @@ def test_leave_last_out_ml100k_against_pandas():
     want = {(d.users.index(u), d.items.index(i)) for u, i in zip(last.user, last.item,
                                                                 strict=True)}
     assert pairs(test) == want
+
+
+def test_validation_split_takes_the_shape_of_the_protocol():
+    from recsys_metric.split import split, validation_split
+
+    from .conftest import checkerboard
+
+    data = checkerboard(40, 20)
+    for protocol in ("leave-last-out", "random", "temporal"):
+        assert all((a.matrix != b.matrix).nnz == 0 for a, b in
+                   zip(validation_split(data, protocol), split(data, protocol), strict=True)
+                   ) or protocol == "temporal"
+    fit, valid = validation_split(data)  # default: each user's latest item
+    assert (np.diff(valid.matrix.indptr) == 1).all()
+    fit, valid = validation_split(data, "random", seed=1)
+    assert (np.diff(valid.matrix.indptr) == 2).all()  # 20% of 10 items per user
+    # a cut in time: validation pairs of users (or items) with nothing left to fit are dropped
+    for last, kept in ((("c", "x"), 0), (("b", "z"), 0), (("b", "y"), 1)):  # new user, new
+        users, items = ["a", "a", "b", "b", last[0]], ["x", "y", "x", "w", last[1]]  # item, ok
+        fit, valid = validation_split(Interactions.from_pairs(users, items, [1, 2, 3, 4, 10]),
+                                      "temporal")
+        assert fit.nnz == 4 and valid.nnz == kept, last
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        validation_split(data, "sideways")
