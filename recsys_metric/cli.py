@@ -352,7 +352,7 @@ def _tune_space(args: argparse.Namespace) -> dict:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .protocols import task_of
+    from .compare import task_config
     from .split import split
     from .tune import check_metric, check_model, tune
 
@@ -371,11 +371,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     data = _read(args)
     # the test part is set aside: only its shape (when its items come) decides the task
     train, test = split(data, args.protocol, config.seed)
-    task = task_of(train, test) if _task(args) == "auto" else {"task": _task(args),
-                                                                "reason": "as asked"}
-    if model == "cml" and task["task"] == "any":
-        config = config.for_task("any", args.explicit)
-        fixed = {**{k: v for k, v in TIME_BLIND.items() if k not in args.explicit}, **fixed}
+    if model == "cml":
+        task, config, fixed = task_config(_task(args), train, test, config, args.explicit, fixed)
     result = tune(train, model, args.trials, config.seed, metric=metric, timeout=args.timeout,
                   show_progress=not args.quiet, base=config if model == "cml" else None,
                   space=fixed or None, protocol=args.protocol)

@@ -72,6 +72,21 @@ def tune_models(train: Interactions, names: Sequence[str], trials: int, config: 
             for name in names if name in TUNABLE}
 
 
+def task_config(task: str, train: Interactions, test: Interactions, config: TrainConfig,
+                keep: Sequence[str] = (), space: dict | None = None
+                ) -> tuple[dict, TrainConfig, dict]:
+    """The task of a split (``"auto"``: :func:`recsys_metric.protocols.task_of`; else as
+    asked, with the split's statistics), CML's config for it (:meth:`TrainConfig.for_task`)
+    and CML's tuning-space overrides ``space``, with the time order fixed off for ``"any"``;
+    the fields in ``keep`` (given by the user) stay as they are."""
+    info = task_of(train, test)
+    if task != "auto":
+        info = {**info, "task": task, "reason": "as asked"}
+    blind = {k: v for k, v in TIME_BLIND.items() if k not in set(keep)}
+    space = {**(blind if info["task"] == "any" else {}), **(space or {})}
+    return info, config.for_task(info["task"], keep), space
+
+
 def validation_shape(protocol: str, task: str) -> str:
     """The protocol a validation split carved from train follows: the test's own, and for a
     given split (whose shape is unknown) leave-last-out for the next item, else random."""
@@ -188,14 +203,9 @@ def run_comparison(data: Interactions | None, protocol: str = "leave-last-out",
                   "test_users": int((np.diff(test.matrix.indptr) > 0).sum()), **info},
         "models": {},
     }
-    result["task"] = task_of(train, test) if task == "auto" else {
-        "task": task, "reason": "as asked", **{k: v for k, v in task_of(train, test).items()
-                                               if k not in ("task", "reason")}}
-    config = config.for_task(result["task"]["task"], keep)
-    if result["task"]["task"] == "any" and tune_trials:  # the time order stays off when tuned
-        tune_space = {**(tune_space or {}), "cml": {
-            **{k: v for k, v in TIME_BLIND.items() if k not in set(keep)},
-            **(tune_space or {}).get("cml", {})}}
+    result["task"], config, cml_space = task_config(task, train, test, config, keep,
+                                                    (tune_space or {}).get("cml"))
+    tune_space = {**(tune_space or {}), "cml": cml_space}
     if REFERENCE in parse_models(models):
         result["cml_config"] = config.to_dict()
     if result["split"]["test_users"] == 0:

@@ -49,21 +49,35 @@ def _entries(path: Path) -> list[str]:
     return sorted(os.listdir(path))
 
 
-def _manifest_marked(path: Path) -> bool:
+def read_json(path: Path, kind: type):
+    """A JSON file's value, which must be a ``kind``; ``ValueError`` naming the file when it is
+    missing, unreadable or of another type."""
     try:
-        meta = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == MARKER
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise ValueError(f"{path}: damaged: {e}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _format_of(path: Path) -> object:
+    """The ``"format"`` of a JSON object file; None when there is none to read."""
+    try:
+        return read_json(path, dict).get("format")
+    except ValueError:
+        return None
+
+
+def _manifest_marked(path: Path) -> bool:
+    return _format_of(path / MANIFEST) == MARKER
 
 
 def _legacy_model(path: Path) -> bool:
     """A directory saved before manifests (format 1): config.json with ``"format": 1``."""
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == 1 and (path / "model.npz").is_file()
+    return _format_of(path / "config.json") == 1 and (path / "model.npz").is_file()
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -311,19 +325,17 @@ def verify(path: str | Path, hashes: bool = True) -> dict:
             raise ValueError(f"{path}: saved by recsys-metric 0.1.0 without a manifest (format 1)"
                              "; train it again to use it with this version")
         raise ValueError(f"{path}: not a recsys-metric model directory (no {MANIFEST})")
-    try:
-        meta = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{mpath}: damaged: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != MARKER:
+    meta = read_json(mpath, dict)
+    if meta.get("format") != MARKER:
         raise ValueError(f"{mpath}: not a recsys-metric manifest")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{mpath}: model format {meta.get('format_version')!r} is not "
                          f"supported (this version reads format {FORMAT_VERSION})")
     files = meta.get("files")
-    if not isinstance(files, dict) or not REQUIRED <= set(files):
+    listed = set(files) if isinstance(files, dict) else set()
+    if not REQUIRED <= listed:
         raise ValueError(f"{mpath}: damaged: its file list lacks "
-                         f"{', '.join(sorted(REQUIRED - set(files or {})))}")
+                         f"{', '.join(sorted(REQUIRED - listed))}")
     for name, want in files.items():
         f = path / str(name)
         if name not in MODEL_FILES or name == MANIFEST:

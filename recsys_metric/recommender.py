@@ -228,7 +228,7 @@ class Recommender:
         path = Path(path)
         manifest = modeldir.verify(path, hashes=verify)
         cfg_path = path / "config.json"
-        meta = _json(cfg_path, dict)
+        meta = modeldir.read_json(cfg_path, dict)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{cfg_path}: model format {meta.get('format')!r} is not supported")
         try:
@@ -245,7 +245,7 @@ class Recommender:
                 raise ValueError(f"index search_k {search_k} out of range")
         except ValueError as e:
             raise ValueError(f"{cfg_path}: {e}") from None
-        names = _json(path / "item_names.json", dict)
+        names = modeldir.read_json(path / "item_names.json", dict)
         if not all(isinstance(v, str) for v in names.values()):
             raise ValueError(f"{path / 'item_names.json'}: item names must be strings")
         users, items, user_emb, item_emb, liked = _read_tables(path / "model.npz", manifest)
@@ -273,18 +273,6 @@ class Recommender:
 
 
 # ----------------------------------------------------------------------------- reading a model
-
-
-def _json(path: Path, kind: type):
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: damaged: {e}") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"{path}: expected a JSON {kind.__name__}, got {type(value).__name__}")
-    return value
 
 
 def _field(d: dict, key: str, kind):
