@@ -17,19 +17,15 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+from common import DATASETS, row, spread  # noqa: E402
 
 from recsys_metric import Recommender, TrainConfig, leave_last_out, read_ratings  # noqa: E402
 from recsys_metric.baselines import make_baseline  # noqa: E402
 from recsys_metric.evaluation import evaluate_ranking  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-DATASETS = {"ml-100k": SHARED / "ml-100k/u.data",
-            "ml-latest-small": SHARED / "ml-latest-small/ratings.csv"}
 METRICS = ("HR@10", "NDCG@10")
 
 
@@ -38,7 +34,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     a = ap.parse_args()
     out: dict = {}
-    for name, path in DATASETS.items():
+    for name in ("ml-100k", "ml-latest-small"):
+        path = DATASETS[name]
         if not path.is_file():
             print(f"skip {name}: {path} not found", file=sys.stderr)
             continue
@@ -64,11 +61,9 @@ def main() -> None:
             res[m] = {}
             cells = []
             for k in METRICS:
-                x = np.array([r[k] for r in rows])
-                res[m][k] = {"mean": float(x.mean()), "sd": float(x.std(ddof=1)),
-                             "min": float(x.min()), "max": float(x.max())}
-                cells.append(f"{x.mean():.4f} ({x.std(ddof=1):.4f}) [{x.min():.4f}, {x.max():.4f}]")
-            print(f"| {m} | " + " | ".join(cells) + " |")
+                x = res[m][k] = spread([r[k] for r in rows])
+                cells.append(f"{x['mean']:.4f} ({x['sd']:.4f}) [{x['min']:.4f}, {x['max']:.4f}]")
+            print(row([m, *cells]))
         print(f"| popularity | {pop['HR@10']:.4f} | {pop['NDCG@10']:.4f} |")
         n = len(a.seeds)
         for k in METRICS:

@@ -24,17 +24,12 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+from common import DATASETS, header, pair, row, validation_splits  # noqa: E402
 
-from recsys_metric import TrainConfig, Trainer, leave_last_out, read_ratings  # noqa: E402
+from recsys_metric import TrainConfig, Trainer  # noqa: E402
 from recsys_metric.baselines import make_baseline  # noqa: E402
 from recsys_metric.evaluation import evaluate_ranking  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = {
-    "books": ROOT / "data/books/ratings.csv",
-    "ml-100k": ROOT.parent / "shared/datasets/ml-100k/u.data",
-    "ml-latest-small": ROOT.parent / "shared/datasets/ml-latest-small/ratings.csv",
-}
 GRID = {
     "margin": [0.25, 0.5, 1.0, 1.5, 2.0],
     "n_negatives": [5, 10, 20, 50],
@@ -43,25 +38,6 @@ GRID = {
     "clip_norm": [0.5, 1.0, 2.0],
     "rank_weight": [True, False],
 }
-
-
-def validation_interactions(names):
-    """``{name: (fit, valid)}`` Interactions: each user's latest train item held out."""
-    out = {}
-    for name in names:
-        path = DATASETS[name]
-        if not path.is_file():
-            print(f"skip {name}: {path} not found", file=sys.stderr)
-            continue
-        train, _test = leave_last_out(read_ratings(path))  # the test part is never used here
-        out[name] = leave_last_out(train)
-    return out
-
-
-def validation_splits(names):
-    """As :func:`validation_interactions`, the matrices (no time order: no ``recent_share``)."""
-    return {name: (fit.matrix, valid.matrix)
-            for name, (fit, valid) in validation_interactions(names).items()}
 
 
 def score_config(cfg: TrainConfig, splits) -> dict:
@@ -115,15 +91,13 @@ def main() -> int:
     names = list(splits)
     lines = ["Validation NDCG@10 / HR@10 (each user's latest train item held out; the test split "
              "is never read), best epoch in brackets. Objective: mean NDCG@10 relative to ALS.",
-             "", "| config | " + " | ".join(names) + " | objective |",
-             "|---|" + "---:|" * (len(names) + 1)]
+             "", header(["config"], [*names, "objective"])]
     for label, _cfg, r in rows:
-        cells = [f"{r[n]['NDCG@10']:.4f} / {r[n]['HR@10']:.4f} [{r[n]['epoch']}]" for n in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {objective(r):.3f} |")
+        cells = [f"{pair(r[n])} [{r[n]['epoch']}]" for n in names]
+        lines.append(row([label, *cells, f"{objective(r):.3f}"]))
     for model in ("als", "bpr"):
-        cells = [f"{peers[model][n]['NDCG@10']:.4f} / {peers[model][n]['HR@10']:.4f}"
-                 for n in names]
-        lines.append(f"| implicit {model} (defaults) | " + " | ".join(cells) + " | |")
+        cells = [pair(peers[model][n]) for n in names]
+        lines.append(row([f"implicit {model} (defaults)", *cells]) + " |")
     epochs = int(np.median([best[n]["epoch"] for n in names]))
     chosen = {**best_cfg.to_dict(), "epochs": epochs}
     lines += ["", "Chosen: " + ", ".join(f"{k}={chosen[k]}" for k in GRID) +

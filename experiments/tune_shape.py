@@ -15,16 +15,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from common import ML100K as D  # noqa: E402
 
 from recsys_metric import TrainConfig  # noqa: E402
 from recsys_metric.compare import fit_model, tune_models  # noqa: E402
 from recsys_metric.evaluation import evaluate_ranking  # noqa: E402
 from recsys_metric.protocols import read_split  # noqa: E402
-
-D = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 
 
 def main(models: list[str]) -> None:
