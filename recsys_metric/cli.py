@@ -137,9 +137,11 @@ def _add_protocol_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train", metavar="FILE", help="pre-split data: the train file (with --test;"
                                                    " used as is, instead of RATINGS)")
     g.add_argument("--test", metavar="FILE", help="pre-split data: the test file")
-    g.add_argument("--format", default="auto", choices=("auto", "ratings", "lightgcn"),
+    g.add_argument("--format", default="auto", choices=("auto", "ratings", "lightgcn", "lists"),
                    help="input format: 'lightgcn' is 'user item item ...' per line (LightGCN/NGCF"
-                        " benchmarks); auto detects it (default)")
+                        " benchmarks), auto detects it (default); 'lists' is 'N item_1 ... item_N'"
+                        " per line, the user the line number (citeulike's users.dat; never"
+                        " detected)")
     g.add_argument("--negatives", metavar="FILE",
                    help="sampled protocol (papers only): NCF .test.negative file "
                         "'(user,item)<TAB>neg...' or a user,item table of negatives")

@@ -42,7 +42,7 @@ SAMPLED_WARNING = (
     "warning: sampled metrics (sampled_*) rank each test item among a few negatives only; they "
     "can reorder models (Krichene & Rendle, KDD 2020). Use them to reproduce papers; judge "
     "models by the full-ranking metrics.")
-FORMATS = ("auto", "ratings", "lightgcn")
+FORMATS = ("auto", "ratings", "lightgcn", "lists")  # "lists": explicit only, never sniffed
 
 
 # --------------------------------------------------------------------------- unseen ids
@@ -235,11 +235,59 @@ def read_lightgcn(path: str | Path) -> Interactions:
     return Interactions.from_pairs(users, items, source=str(path))
 
 
+def read_lists(path: str | Path, min_items: int = 1) -> Interactions:
+    """Read a ``N item_1 ... item_N`` file, one line per user (citeulike-t's ``users.dat``, the
+    CML paper's data): the user id is the 0-based line number, the items are taken as written.
+
+    An empty line is a user without items: it holds no interaction but keeps its line number, so
+    the users after it keep their ids (as ``0`` alone does). Users with fewer than ``min_items``
+    items are left out (their ids are not reused). Rows keep file order (no timestamps); an item
+    repeated on a line counts toward ``N`` and collapses to one pair.
+
+    Never detected by ``format="auto"``: a file of integer lines reads as the LightGCN format
+    (``user item item ...``) too, so ask for this one with ``format="lists"``.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and line: a count that is not a non-negative integer, or that differs
+        from the number of items on its line; or a file without any user left.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if isinstance(min_items, bool) or not isinstance(min_items, int | np.integer) \
+            or min_items < 1:
+        raise ValueError(f"min_items must be an integer >= 1, got {min_items!r}")
+    users: list[str] = []
+    items: list[str] = []
+    with open_text(path) as f:
+        for n, line in enumerate(f, 1):
+            toks = line.split()
+            if not toks:
+                continue
+            if not toks[0].isdigit():
+                raise ValueError(f"{path}: line {n}: expected 'N item_1 ... item_N' with N a "
+                                 f"count of items, got {toks[0]!r}")
+            if int(toks[0]) != len(toks) - 1:
+                raise ValueError(f"{path}: line {n}: the count says {int(toks[0])} items but "
+                                 f"{len(toks) - 1} follow (expected 'N item_1 ... item_N')")
+            if len(toks) - 1 >= min_items:
+                users += [str(n - 1)] * (len(toks) - 1)
+                items += toks[1:]
+    if not users:
+        raise ValueError(f"{path}: no interactions (expected lines 'N item_1 ... item_N'"
+                         + (f", users with at least {min_items} items)" if min_items > 1 else ")"))
+    return Interactions.from_pairs(users, items, source=str(path))
+
+
 def _read_any(path: str | Path, fmt: str, read_kw: dict) -> tuple[Interactions, str]:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such file")
+    if fmt == "lists":
+        return read_lists(path, read_kw.get("min_items", 1)), "lists"
     if fmt == "lightgcn" or (fmt == "auto" and sniff_lightgcn(path)):
         return read_lightgcn(path), "lightgcn"
     return read_ratings(path, **read_kw), "ratings"
@@ -247,7 +295,9 @@ def _read_any(path: str | Path, fmt: str, read_kw: dict) -> tuple[Interactions, 
 
 def read_interactions(path: str | Path, format: str = "auto", **read_kw) -> Interactions:
     """One interactions file: :func:`read_lightgcn` for that format (``format="lightgcn"``, or
-    ``"auto"`` and :func:`sniff_lightgcn` says so), else :func:`read_ratings` with ``read_kw``."""
+    ``"auto"`` and :func:`sniff_lightgcn` says so), :func:`read_lists` for ``format="lists"``
+    (never detected; ``min_items`` from ``read_kw``), else :func:`read_ratings` with
+    ``read_kw``. The two line formats ignore :func:`read_ratings`' options."""
     return _read_any(path, format, read_kw)[0]
 
 
@@ -282,8 +332,8 @@ def read_split(train_path: str | Path, test_path: str | Path, format: str = "aut
     train_path, test_path : any file :func:`read_ratings` reads, or the LightGCN format
         (:func:`read_lightgcn`).
     format : ``"auto"`` (detect the LightGCN format with :func:`sniff_lightgcn`; a test file of
-        integers only is read like a LightGCN train file), ``"ratings"`` or ``"lightgcn"``;
-        applies to both files.
+        integers only is read like a LightGCN train file), ``"ratings"``, ``"lightgcn"`` or
+        ``"lists"`` (:func:`read_lists`, never detected); applies to both files.
     negatives : the sampled protocol's negatives file (:func:`read_negatives`), whose items join
         the catalogue too.
     read_kw : passed to :func:`read_ratings` (``user_col``, ``min_rating``, ...).

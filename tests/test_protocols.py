@@ -14,7 +14,9 @@ from recsys_metric.evaluation import evaluate_index, evaluate_ranking, sampled_m
 from recsys_metric.protocols import (
     negative_items,
     parse_cut,
+    read_interactions,
     read_lightgcn,
+    read_lists,
     read_negatives,
     read_split,
     sample_negatives,
@@ -151,6 +153,65 @@ def test_lightgcn_format_detected_and_read(tmp_path):
     bad.write_text("0 1 2\n1 x 3\n")
     with pytest.raises(ValueError, match=r"bad.txt: line 2: .*'x'"):
         read_lightgcn(bad)
+
+
+LISTS = "3 10 11 12\n0\n\n2 11 13\n1 12\n"
+
+
+def test_lists_format_known_answer(tmp_path):
+    path = tmp_path / "users.dat"
+    path.write_text(LISTS)
+    d = read_interactions(path, format="lists")
+    # user = 0-based line number; "0" and the empty line are users without items that keep
+    # their line numbers, so the next users are 3 and 4
+    assert list(d.users.ids) == ["0", "3", "4"] and list(d.items.ids) == ["10", "11", "12", "13"]
+    assert pairs_raw(d) == {("0", "10"), ("0", "11"), ("0", "12"), ("3", "11"), ("3", "13"),
+                            ("4", "12")}
+    assert d.timestamps is None
+    assert d.rows[d.time_order()].tolist() == list(range(6))  # file order
+    # min_items leaves out the shorter users; the others keep their ids
+    assert list(read_lists(path, min_items=2).users.ids) == ["0", "3"]
+    assert read_interactions(path, format="lists", min_items=3).nnz == 3
+    # never auto-detected: auto reads the same file as LightGCN's 'user item ...'
+    assert sniff_lightgcn(path)
+    train, test, info = read_split(path, path, format="lists")
+    assert info["format"] == "lists" and train.nnz == 6
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    ("2 10 11\n3 10 11\n", 2, "the count says 3 items but 2 follow"),
+    ("1 10\n\n0 7\n", 3, "the count says 0 items but 1 follow"),
+    ("1 10\nx 10\n", 2, "count of items, got 'x'"),
+])
+def test_lists_format_errors_name_file_and_line(tmp_path, text, line, needle):
+    path = tmp_path / "users.dat"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"users.dat: line {line}: .*{needle}"):
+        read_lists(path)
+
+
+def test_lists_format_empty_and_bad_arguments(tmp_path):
+    path = tmp_path / "users.dat"
+    path.write_text("0\n1 5\n")
+    with pytest.raises(ValueError, match="users.dat: no interactions .*at least 2 items"):
+        read_lists(path, min_items=2)
+    with pytest.raises(ValueError, match="min_items must be an integer >= 1"):
+        read_lists(path, min_items=0)
+    with pytest.raises(ValueError, match="no such file"):
+        read_lists(tmp_path / "missing.dat")
+
+
+CITEULIKE = SHARED / "citeulike-t" / "users.dat"
+
+
+@pytest.mark.skipif(not CITEULIKE.is_file(), reason="citeulike-t not available")
+def test_lists_format_reads_citeulike():
+    d = read_lists(CITEULIKE)
+    # as SOURCE.md: 7,947 users, 134,860 pairs (no duplicates), 25,584 distinct items
+    assert (d.n_users, d.nnz, d.n_items) == (7947, 134860, 25584)
+    five = read_lists(CITEULIKE, min_items=5)  # the benchmark's users (experiments/quality.py)
+    assert (five.n_users, five.nnz) == (5219, 125580)
+    assert np.diff(five.matrix.indptr).min() == 5
 
 
 # --------------------------------------------------------------------------- negatives
