@@ -17,6 +17,7 @@ import numpy as np
 
 from recsys_metric import Interactions, TrainConfig, Trainer, leave_last_out, read_ratings
 from recsys_metric.evaluation import evaluate_ranking
+from recsys_metric.protocols import read_lists
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"  # MovieLens and citeulike copies beside the repo
@@ -32,13 +33,7 @@ METRICS = ("NDCG@10", "HR@10")
 
 def read_citeulike(path: Path, min_items: int = 5) -> Interactions:
     """``users.dat``: one line per user, ``N item_1 ... item_N``; users with >= min_items."""
-    users, items = [], []
-    for u, line in enumerate(path.read_text().splitlines()):
-        its = line.split()[1:]
-        if len(its) >= min_items:
-            users += [str(u)] * len(its)
-            items += its
-    return Interactions.from_pairs(users, items, source=str(path))
+    return read_lists(path, min_items)
 
 
 def validation_interactions(names: Iterable[str]) -> dict:

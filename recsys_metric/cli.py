@@ -24,7 +24,8 @@ TRAIN_FLAGS = {
     "lr": float, "optimizer": str, "clip_norm": float, "init_norm": float, "cov_weight": float,
     "seed": int, "device": str, "backend": str, "patience": int, "lanes": int,
     "average_last": int, "recent_share": float, "recent_visits": int, "recent_pull": float,
-    "pull_decay": float, "transitions": int,
+    "pull_decay": float, "transitions": int, "loss": str, "distance": str, "sampler": str,
+    "negative_weight": float, "temperature": float,
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS "
@@ -60,6 +61,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for name, typ in TRAIN_FLAGS.items():
         g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name)
     g.add_argument("--no-rank-weight", action="store_true", help="plain hinge, no WARP weight")
+    g.add_argument("--shared-negatives", action="store_true",
+                   help="contrastive/softmax: one set of --n-negatives per batch, shared by its "
+                        "pairs (in-batch negatives)")
     g.add_argument("--task", choices=("auto", "next", "any"), default="auto",
                    help="what CML is for: 'next', each user's next item (the time order: "
                         "recency visits, context rows, the pull); 'any', items from anywhere in "
@@ -97,6 +101,8 @@ def _config(args: argparse.Namespace, **defaults) -> TrainConfig:
     values.update(flags)
     if args.no_rank_weight:
         values["rank_weight"] = False
+    if args.shared_negatives:
+        values["shared_negatives"] = True
     try:
         config = TrainConfig.from_dict(values)
     except ValueError as e:

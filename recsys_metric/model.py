@@ -7,10 +7,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-
-def squared_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Row-wise squared Euclidean distance (broadcasting over leading dims)."""
-    return (x - y).pow(2).sum(-1)
+from .losses import DISTANCE_FNS
 
 
 def pairwise_squared_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -18,6 +15,14 @@ def pairwise_squared_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     below zero)."""
     d = x.pow(2).sum(1, keepdim=True) - 2.0 * x @ y.T + y.pow(2).sum(1)
     return d.clamp_(min=0.0)
+
+
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to norm 1 (zero rows stay zero): on them the squared Euclidean distance is
+    ``2 - 2 cos``, so a model trained on the cosine distance is served, indexed and evaluated by
+    the Euclidean code unchanged."""
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return (a / np.where(norms > 0, norms, 1.0)).astype(a.dtype)
 
 
 def pull_to_latest(users: np.ndarray, items: np.ndarray, weights: sp.csr_matrix,
@@ -43,9 +48,11 @@ class CML(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, clip_norm: float = 1.0,
-                 generator: torch.Generator | None = None, init_norm: float = 0.1) -> None:
+                 generator: torch.Generator | None = None, init_norm: float = 0.1,
+                 distance: str = "euclidean") -> None:
         super().__init__()
         self.clip_norm = clip_norm
+        self.distance_fn = DISTANCE_FNS[distance]
         # Sparse gradients: a batch touches a few thousand rows of tables that may hold millions.
         self.users = nn.Embedding(n_users, dim, sparse=True)
         self.items = nn.Embedding(n_items, dim, sparse=True)
@@ -57,7 +64,9 @@ class CML(nn.Module):
         self.clip_()
 
     def distance(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return squared_distance(self.users(users), self.items(items))
+        """Distances of rows ``users`` ``[B]`` to rows ``items`` ``[B]`` or ``[B, N]``."""
+        u = self.users(users)
+        return self.distance_fn(u if items.dim() == 1 else u.unsqueeze(1), self.items(items))
 
     @torch.no_grad()
     def clip_(self, *rows: tuple[nn.Embedding, torch.Tensor]) -> None:

@@ -1,15 +1,20 @@
-"""The training loop: hardest-of-U negatives, WARP-weighted triplet loss, Adagrad, unit-ball clip.
+"""The training loop: user and item tables, a loss of their distances, Adagrad, unit-ball clip.
 
-Two loops with the same semantics (loss, sampler, clipping, Adagrad):
+The losses (:mod:`.losses`: triplet with the hardest of U candidates and the WARP weight,
+contrastive with many negatives, sampled softmax) are each one rule of the distances that both
+loops follow:
 
-- the torch loop, on any device: per batch the sampler picks negatives under ``no_grad`` (the fused
-  Triton kernel on CUDA), autograd computes the batch loss, a sparse Adagrad step updates the rows;
-- the fused CPU loop (numba, :func:`recsys_metric.sampling.cpu_train.run_epoch`): per batch,
-  negatives are drawn against the batch-start tables, then the triplets are applied one by one,
-  in ``lanes`` parallel streams over disjoint users and, at each batch, disjoint random item
-  strata (the negatives from the positive's stratum); the same seed and lanes give the same
-  model on any thread count. Used on CPU for Adagrad (element-wise or row-wise) without the
-  covariance term.
+- the torch loop, on any device: per batch the negatives are drawn under ``no_grad`` (the fused
+  Triton sampler on CUDA for the triplet loss), the rule gives the coefficients and autograd the
+  distances' gradients (:func:`.losses.surrogate`), a sparse Adagrad step updates the rows;
+- the fused CPU loop (numba: :mod:`.sampling.cpu_train` for the triplet loss,
+  :mod:`.sampling.cpu_many` for the others): per batch, the triplet negatives are chosen against
+  the batch-start tables, then the pairs are applied one by one, in ``lanes`` parallel streams
+  over disjoint users and, at each batch, disjoint random item strata (the negatives from the
+  positive's stratum); the same seed and lanes give the same model on any thread count. Used on
+  CPU for Adagrad (element-wise or row-wise) without the covariance term.
+
+At batch size 1 both loops make the same updates (``tests/test_loss_equivalence.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from tqdm.auto import tqdm
 from . import sampling
 from .data import Interactions
 from .device import check_device_name, resolve_device
-from .losses import CovarianceLoss, TripletLoss
-from .model import CML, pairwise_squared_distance, pull_to_latest
+from .losses import DISTANCES, LOSSES, CovarianceLoss, loss_terms, rank_weight, surrogate
+from .model import CML, pairwise_squared_distance, pull_to_latest, unit_rows
 
 OPTIMIZERS = ("adagrad", "adagrad_row", "adam", "sgd")
+SAMPLERS = ("uniform", "popularity")
 # torch's sparse Adagrad warns on every construction of its internal sparse tensors.
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
@@ -47,9 +53,22 @@ class TrainConfig:
     # (ml-latest-small +14% over 32, books and ml-100k level; defaults.md section 11)
     dim: int = 64
     margin: float = 1.5
-    # U: candidates drawn per (user, positive) pair, the hardest is used. None = auto: 1% of the
-    # catalogue within [10, 100], so the negative is about as hard on 500 items as on 10,000.
+    # the loss of the distances (losses.py): "triplet" (the hardest of U candidates, WARP
+    # weight), "contrastive" (CCL: the positive pulled in, the mean violation of N negatives
+    # pushed out, times negative_weight), "softmax" (sampled softmax at temperature, log-Q
+    # corrected)
+    loss: str = "triplet"
+    distance: str = "euclidean"  # or "cosine" (1 - cos; contrastive and softmax)
+    # triplet: U candidates drawn per (user, positive) pair, the hardest is used; None = auto: 1%
+    # of the catalogue within [10, 100], so the negative is about as hard on 500 items as on
+    # 10,000. Contrastive and softmax: N negatives per pair; None = 100.
     n_negatives: int | None = None
+    sampler: str = "uniform"  # or "popularity": negatives drawn in proportion to their pairs
+    # one set of N negatives per batch, shared by its pairs (in-batch negatives: hundreds per
+    # pair for the cost of N rows per batch); contrastive and softmax
+    shared_negatives: bool = False
+    negative_weight: float = 1.0  # contrastive: weight of the negatives' mean violation
+    temperature: float = 0.1  # softmax
     epochs: int = 25
     # pairs whose negatives are drawn against the same tables (torch loop: one step each)
     batch_size: int = 4096
@@ -109,6 +128,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be {_NOUN[kind]} {what}, got {v!r}")
             if kind is float:
                 setattr(self, name, float(v))
+        for name, allowed in (("loss", LOSSES), ("distance", DISTANCES),
+                              ("sampler", SAMPLERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.loss == "triplet" and (self.distance, self.sampler, self.shared_negatives) != (
+                "euclidean", "uniform", False):
+            raise ValueError("the triplet loss draws its U candidates uniformly per pair and keeps "
+                             "the hardest by Euclidean distance: distance='cosine', "
+                             "sampler='popularity' and shared_negatives need loss='contrastive' "
+                             "or 'softmax'")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -120,6 +150,8 @@ class TrainConfig:
         """The number of candidates U used on a catalogue of ``n_items``."""
         if self.n_negatives is not None:
             return self.n_negatives
+        if self.loss != "triplet":
+            return 100
         return int(min(100, max(10, round(n_items / 100))))
 
     def to_dict(self) -> dict:
@@ -166,9 +198,12 @@ _FIELDS = {
     "lanes": (int, 1, 1024, "in [1, 1024]"), "average_last": (int, 0, 1 << 20, ">= 0"),
     "recent_share": (float, 0, 1, "in [0, 1]"), "recent_visits": (int, 1, 1 << 10, ">= 1"),
     "recent_pull": (float, 0, 1, "in [0, 1]"), "pull_decay": (float, 0, 1, "in [0, 1]"),
-    "transitions": (int, 0, 1 << 10, ">= 0"),
+    "transitions": (int, 0, 1 << 10, ">= 0"), "loss": (str, 0, 0, ""),
+    "distance": (str, 0, 0, ""), "sampler": (str, 0, 0, ""), "shared_negatives": (bool, 0, 0, ""),
+    "negative_weight": (float, 0, _INF, ">= 0 and finite"),
+    "temperature": (float, 0, _INF, "> 0 and finite"),
 }
-_POSITIVE = {"margin", "lr", "init_norm"}
+_POSITIVE = {"margin", "lr", "init_norm", "temperature"}
 _NUMBER = {int: (int, np.integer), float: (int, float, np.integer, np.floating)}
 _NOUN = {int: "an integer", float: "a number"}
 
@@ -259,16 +294,12 @@ class RowAdagrad(torch.optim.Optimizer):
 class _Scorer:
     """Adapter for :func:`recsys_metric.evaluation.evaluate_ranking`."""
 
-    def __init__(self, model: CML, pull: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                 n_users: int) -> None:
-        self.model = model
-        w = model.items.weight
-        self.users = torch.as_tensor(pull(model.users.weight[:n_users].detach().cpu().numpy(),
-                                          w.detach().cpu().numpy()), device=w.device)
+    def __init__(self, tables: tuple[np.ndarray, np.ndarray], device: torch.device) -> None:
+        self.users, self.items = (torch.as_tensor(t, device=device) for t in tables)
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
         users = self.users[torch.as_tensor(user_idx, device=self.users.device)]
-        return (-pairwise_squared_distance(users, self.model.items.weight.detach())).cpu().numpy()
+        return (-pairwise_squared_distance(users, self.items)).cpu().numpy()
 
 
 Callback = Callable[[int, dict], bool | None]
@@ -368,6 +399,17 @@ class Trainer:
         if isinstance(valid, Interactions):
             valid = valid.matrix
         n_users, n_items = train.shape
+        cosine = cfg.distance == "cosine"
+
+        def served(model: CML) -> tuple[np.ndarray, np.ndarray]:
+            """The tables as served: unit rows for the cosine distance (on which the squared
+            Euclidean distance ranks as the cosine does), the users pulled."""
+            users = model.users.weight[:n_users].detach().cpu().numpy().copy()
+            items = model.items.weight.detach().cpu().numpy().copy()
+            if cosine:
+                users, items = unit_rows(users), unit_rows(items)
+            return pull(users, items), items
+
         sampling.reference.check_catalogue(n_items)
         if train.nnz == 0:
             raise ValueError("no training interactions")
@@ -383,7 +425,8 @@ class Trainer:
         dev = resolve_device(cfg.device)
         self.n_negatives = cfg.negatives_for(n_items)
         gen = torch.Generator().manual_seed(cfg.seed)
-        model = CML(rows.shape[0], n_items, cfg.dim, cfg.clip_norm, gen, cfg.init_norm).to(dev)
+        model = CML(rows.shape[0], n_items, cfg.dim, cfg.clip_norm, gen, cfg.init_norm,
+                    cfg.distance).to(dev)
         backend = sampling.resolve_backend(cfg.backend, dev)
         fused_cpu = (backend == "cpu" and cfg.optimizer in ("adagrad", "adagrad_row")
                      and cfg.cov_weight == 0)
@@ -409,7 +452,7 @@ class Trainer:
                 from .evaluation import evaluate_ranking
                 ks = {10, *(int(key.split("@")[1]) for key in self.valid_metrics if "@" in key)}
                 with tail.applied():
-                    m = evaluate_ranking(_Scorer(model, pull, n_users), train, valid,
+                    m = evaluate_ranking(_Scorer(served(model), dev), train, valid,
                                          k=sorted(ks))
                     if m["NDCG@10"] > best:
                         best, waited, result.best_epoch = m["NDCG@10"], 0, epoch + 1
@@ -429,9 +472,7 @@ class Trainer:
         else:
             tail.apply()
         result.seconds = time.perf_counter() - t0
-        result.item_embeddings = model.items.weight.detach().cpu().numpy().copy()
-        result.user_embeddings = pull(model.users.weight[:n_users].detach().cpu().numpy().copy(),
-                                      result.item_embeddings)
+        result.user_embeddings, result.item_embeddings = served(model)
         return result
 
     # -- the two loops ---------------------------------------------------------------------------
@@ -449,7 +490,7 @@ class Trainer:
         return np.random.default_rng((self.config.seed, epoch)).permutation(nnz)
 
     def _fused_cpu_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
-        from .sampling import cpu_train
+        from .sampling import cpu_many, cpu_train
 
         cfg = self.config
         # numpy views share memory with the torch tables: the kernel updates them in place.
@@ -463,11 +504,18 @@ class Trainer:
         lanes = fused_lanes(cfg.lanes, item_emb.shape[0])
 
         def run(epoch: int) -> tuple[float, int]:  # the kernel draws its random blocks itself
-            loss_sum, active = cpu_train.run_epoch(
-                pairs, user_emb, item_emb, user_acc, item_acc, n_candidates=self.n_negatives,
-                margin=cfg.margin, lr=cfg.lr, rank_weight=cfg.rank_weight,
-                clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch, lanes=lanes,
-                block_size=cfg.batch_size, shuffle=True)
+            common = dict(lr=cfg.lr, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch,
+                          lanes=lanes, block_size=cfg.batch_size, shuffle=True)
+            if cfg.loss == "triplet":
+                loss_sum, active = cpu_train.run_epoch(
+                    pairs, user_emb, item_emb, user_acc, item_acc, n_candidates=self.n_negatives,
+                    margin=cfg.margin, rank_weight=cfg.rank_weight, **common)
+            else:
+                loss_sum, active = cpu_many.run_epoch(
+                    pairs, user_emb, item_emb, user_acc, item_acc, loss=cfg.loss,
+                    n_negatives=self.n_negatives, distance=cfg.distance, sampler=cfg.sampler,
+                    shared=cfg.shared_negatives, margin=cfg.margin,
+                    negative_weight=cfg.negative_weight, temperature=cfg.temperature, **common)
             return loss_sum / len(pairs), int(active)
 
         return run
@@ -479,13 +527,8 @@ class Trainer:
         indptr = torch.as_tensor(train.indptr.astype(np.int64), device=dev)
         indices = torch.as_tensor(train.indices.astype(np.int32), device=dev)
         n_items = train.shape[1]
-        triplet = TripletLoss(cfg.margin, n_items if cfg.rank_weight else None)
-        cov = CovarianceLoss()
-        params = model.parameters()
-        opt = (torch.optim.Adagrad(params, lr=cfg.lr) if cfg.optimizer == "adagrad"
-               else RowAdagrad(params, lr=cfg.lr) if cfg.optimizer == "adagrad_row"
-               else torch.optim.SparseAdam(params, lr=cfg.lr) if cfg.optimizer == "adam"
-               else torch.optim.SGD(params, lr=cfg.lr))
+        draw = _TorchNegatives(cfg, train, pair_items, self.n_negatives, backend)
+        opt = make_optimizer(model, cfg)
         n_pairs = len(pair_users)
         n_steps = -(-n_pairs // cfg.batch_size)
 
@@ -496,24 +539,102 @@ class Trainer:
             for step in range(n_steps):
                 idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 u, p = pair_users[idx], pair_items[idx]
-                neg, viol = sampling.hardest_negatives(
-                    indptr, indices, u, p, model.users.weight.detach(),
-                    model.items.weight.detach(), self.n_negatives, cfg.margin, cfg.seed,
-                    epoch * n_steps + step, backend=backend)
-                ok = neg >= 0  # a user who has every item has no negative
-                u, p, neg, viol = u[ok], p[ok], neg[ok], viol[ok]
-                d_pos, d_neg = model.distance(u, p), model.distance(u, neg)
-                loss = triplet(d_pos, d_neg, viol, self.n_negatives)
-                if cfg.cov_weight:
-                    rows = torch.cat([model.users(u), model.items(p), model.items(neg)])
-                    loss = loss + cfg.cov_weight * cov(rows)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                model.clip_((model.users, u), (model.items, torch.cat([p, neg])))
+                if cfg.loss == "triplet":
+                    neg, viol = sampling.hardest_negatives(
+                        indptr, indices, u, p, model.users.weight.detach(),
+                        model.items.weight.detach(), self.n_negatives, cfg.margin, cfg.seed,
+                        epoch * n_steps + step, backend=backend)
+                    ok = neg >= 0  # a user who has every item has no negative
+                    u, p, neg = u[ok], p[ok], neg[ok].unsqueeze(1)
+                    w = (rank_weight(viol[ok], self.n_negatives, n_items) if cfg.rank_weight
+                         else torch.ones(len(u), device=dev)).unsqueeze(1)
+                else:
+                    neg, w = draw(u, epoch, step, epoch * n_steps + step)
+                value, c_pos, c_neg = torch_step(model, opt, cfg, u, p, neg, w)
                 # Accumulate on device: .item() here would be a CPU-GPU sync every step.
-                total += loss.detach() * len(u)
-                active += (cfg.margin + d_pos.detach() - d_neg.detach() > 0).sum()
+                total += value.sum()
+                active += ((c_pos != 0) | (c_neg != 0).any(1)).sum()
             return float(total) / n_pairs, int(active)
 
         return run
+
+
+def make_optimizer(model: CML, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    return (torch.optim.Adagrad(params, lr=cfg.lr) if cfg.optimizer == "adagrad"
+            else RowAdagrad(params, lr=cfg.lr) if cfg.optimizer == "adagrad_row"
+            else torch.optim.SparseAdam(params, lr=cfg.lr) if cfg.optimizer == "adam"
+            else torch.optim.SGD(params, lr=cfg.lr))
+
+
+def torch_step(model: CML, opt: torch.optim.Optimizer, cfg: TrainConfig, u: torch.Tensor,
+               p: torch.Tensor, neg: torch.Tensor, w: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of the torch loop on pairs ``(u, p)`` ``[B]`` with negatives ``neg`` ``[B, N]``
+    and their weights ``w`` (the triplet loss: ``N = 1``, ``w`` the rank weight): the loss's
+    rule on the distances, its gradient through them, the optimiser's step and the clip of the
+    touched rows. Returns the rule's ``(value, c_pos, c_neg)``."""
+    d_pos, d_neg = model.distance(u, p), model.distance(u, neg)
+    with torch.no_grad():
+        value, c_pos, c_neg = loss_terms(cfg.loss, d_pos, d_neg, w, margin=cfg.margin,
+                                         negative_weight=cfg.negative_weight,
+                                         temperature=cfg.temperature)
+    loss = surrogate(c_pos, d_pos, c_neg, d_neg)
+    if cfg.cov_weight:
+        rows = torch.cat([model.users(u), model.items(p), model.items(neg.flatten())])
+        loss = loss + cfg.cov_weight * CovarianceLoss()(rows)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    model.clip_((model.users, u), (model.items, torch.cat([p, neg.flatten()])))
+    return value, c_pos, c_neg
+
+
+class _TorchNegatives:
+    """The torch loop's N negatives per pair for the contrastive and softmax losses, with each
+    draw's weight ``w`` (the items it stands for, 0 for a draw to ignore; see :mod:`.losses`):
+    uniform over the user's non-positives (the sampler backends' ``sample_uniform``) or in
+    proportion to the items' pairs, per pair or shared by the batch (one of the user's positives
+    among shared draws gets weight 0)."""
+
+    def __init__(self, cfg: TrainConfig, train: sp.csr_matrix, pair_items: torch.Tensor,
+                 n: int, backend: str) -> None:
+        dev = pair_items.device
+        self.cfg, self.n, self.backend, self.dev = cfg, n, backend, dev
+        self.n_items = train.shape[1]
+        self.indptr = torch.as_tensor(train.indptr.astype(np.int64), device=dev)
+        self.indices = torch.as_tensor(train.indices.astype(np.int32), device=dev)
+        self.degree = self.indptr.diff()
+        # (user, item) keys of the positives, sorted (CSR rows in order, sorted within)
+        rows = torch.repeat_interleave(torch.arange(train.shape[0], device=dev), self.degree)
+        self.keys = rows * self.n_items + self.indices.long()
+        counts = torch.bincount(pair_items.long(), minlength=self.n_items).double()
+        self.q = counts / counts.sum()
+        self.gen = torch.Generator(dev).manual_seed(cfg.seed)
+
+    def _positive(self, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        key = u.long().unsqueeze(1) * self.n_items + items
+        at = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
+        return self.keys[at] == key
+
+    def __call__(self, u: torch.Tensor, epoch: int, step: int, offset: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, n, b = self.cfg, self.n, len(u)
+        popular = cfg.sampler == "popularity"
+        if cfg.shared_negatives or popular:
+            shape = (n,) if cfg.shared_negatives else (b, n)
+            if popular:
+                neg = torch.multinomial(self.q, n * (1 if cfg.shared_negatives else b),
+                                        replacement=True, generator=self.gen).view(shape)
+                w = 1.0 / (n * self.q[neg])
+            else:
+                neg = torch.randint(self.n_items, shape, generator=self.gen, device=self.dev)
+                w = torch.full(shape, self.n_items / n, dtype=torch.float64, device=self.dev)
+            neg, w = neg.expand(b, n), w.expand(b, n)
+            w = w * ~self._positive(u, neg)
+        else:
+            neg = sampling.sample_uniform(self.indptr, self.indices, u, self.n_items, n,
+                                          cfg.seed, offset, backend=self.backend)
+            w = ((self.n_items - self.degree[u.long()]).double() / n).unsqueeze(1) * (neg >= 0)
+            neg = neg.clamp(min=0)
+        return neg.long(), w.float()

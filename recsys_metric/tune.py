@@ -45,6 +45,11 @@ SPACES: dict[str, dict[str, Any]] = {
         "recent_pull": ("categorical", [0.0, 0.3, 0.4, 0.5, 0.6]),
         "pull_decay": ("categorical", [0.3, 0.5, 0.7]),
         "transitions": ("categorical", [0, 1, 2]),
+        # the loss family (losses.py); the options of one loss are searched only with it
+        "loss": ("categorical", ["triplet", "softmax", "contrastive"]),
+        "distance": ("categorical", ["euclidean", "cosine"]),
+        "temperature": ("log", 0.02, 1.0),
+        "negative_weight": ("log", 0.1, 100.0),
     },
     "als": {
         # up to the large dimensions of tuned iALS (Rendle et al. 2022: 192 and more on ML-1M)
@@ -121,10 +126,20 @@ def search_space(model: str, space: Mapping[str, Any] | None = None) -> dict[str
     return out
 
 
-def _suggest(trial, space: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+# CML's options that only one loss reads: searched only when the trial picked that loss.
+_LOSS_OPTIONS = {"distance": ("softmax", "contrastive"), "temperature": ("softmax",),
+                 "negative_weight": ("contrastive",), "sampler": ("softmax", "contrastive"),
+                 "shared_negatives": ("softmax", "contrastive")}
+
+
+def _suggest(trial, space: Mapping[str, Any], skip: tuple[str, ...] = (),
+             base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     params = {}
     for key, spec in space.items():
         if key in skip:
+            continue
+        loss = params.get("loss", (base or {}).get("loss", "triplet"))
+        if key in _LOSS_OPTIONS and loss not in _LOSS_OPTIONS[key]:
             continue
         if not _is_spec(spec):
             params[key] = spec
@@ -263,7 +278,7 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
 def _cml_trial(trial, space: Mapping[str, Any], base: dict, fit: Interactions,
                valid: Interactions, metric: str) -> tuple[float, dict, list[dict]]:
     """Train up to the top of the epochs range once; the best epoch in range is the value."""
-    params = _suggest(trial, space, skip=("epochs",))
+    params = _suggest(trial, space, skip=("epochs",), base=base)
     epochs = space["epochs"]
     if _is_spec(epochs):
         if epochs[0] != "int":

@@ -35,8 +35,11 @@ and :func:`train_epoch` raises ``ImportError``.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
+from ..losses import rules
 from ._numba_ops import (
     _PAR,
     _atomic_add,
@@ -56,6 +59,19 @@ from .cpu import _score_sampled, _sqdist
 from .strata import EpochPairs, _score_stratum, plan_epoch, prepare_pairs
 
 _triplet32, _triplet64, _triplet128 = (_triplet_rows(d) for d in (32, 64, 128))
+
+
+@njit(inline="always")
+def _on(x):
+    return (x > 0) * np.float32(1.0)
+
+
+# the losses and the WARP weight, compiled from the rules the torch loop runs
+_RULES = rules(SimpleNamespace(exp=np.exp, log=np.log, total=np.sum, top=np.max,
+                               larger=np.maximum, on=_on))
+_triplet, _rank_weight, _contrastive, _softmax = (
+    njit(inline="always")(f) for f in (_RULES.triplet, _RULES.rank_weight, _RULES.contrastive,
+                                       _RULES.softmax))
 _PREFETCH = 3  # pairs ahead whose rows the updates prefetch (2: -2.5% with the vector update)
 _GATHER_AHEAD = 4  # pairs ahead whose record the scoring prefetches
 _CHUNK = 64  # pairs per claim in the scoring phase
@@ -107,13 +123,15 @@ def _clip_row(a, r, sq, clip_norm):
 
 @njit(inline="always")
 def _step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_norm, grad):
-    """One triplet step on ``w * h`` (Adagrad on the rows ``u``, ``p``, ``n``, then clipping) if
-    ``h = margin + d(u,p) - d(u,n)`` on the current rows is positive; returns ``h`` or 0."""
-    h = margin + _sqdist(user_emb, u, item_emb, p) - _sqdist(user_emb, u, item_emb, n)
-    if h <= 0:
+    """One step of the triplet rule (``losses.rules``) on the current rows: if its coefficient
+    ``c = dl/dd(u,p) = -dl/dd(u,n)`` is nonzero, Adagrad on the rows ``u``, ``p``, ``n`` by ``c``
+    times the squared distances' gradients, then clipping; returns the loss (0: no step)."""
+    value, c, _ = _triplet(_sqdist(user_emb, u, item_emb, p), _sqdist(user_emb, u, item_emb, n),
+                           w, margin)
+    if c == 0:
         return np.float32(0.0)
     eps = np.float32(1e-10)
-    w2 = np.float32(2.0) * w
+    w2 = np.float32(2.0 * c)
     dim = user_emb.shape[1]
     if user_acc.shape[1] == dim and (dim == 32 or dim == 64 or dim == 128):
         # element-wise Adagrad at the usual widths: the same steps as vector code
@@ -125,7 +143,7 @@ def _step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_n
             _triplet32(*rows)
         else:
             _triplet128(*rows)
-        return h
+        return value
     gu, gp, gn = grad[0], grad[1], grad[2]
     # all three gradients from pre-update rows, into scratch; then one loop per row: loops over
     # separate arrays vectorise, one fused loop over all six rows did not (aliasing)
@@ -136,7 +154,7 @@ def _step(u, p, n, w, user_emb, item_emb, user_acc, item_acc, margin, lr, clip_n
     _clip_row(user_emb, u, _adagrad_row(user_emb, user_acc, u, gu, lr, eps), clip_norm)
     _clip_row(item_emb, p, _adagrad_row(item_emb, item_acc, p, gp, lr, eps), clip_norm)
     _clip_row(item_emb, n, _adagrad_row(item_emb, item_acc, n, gn, lr, eps), clip_norm)
-    return h
+    return value
 
 
 @njit(inline="always")
@@ -156,7 +174,7 @@ def _rank_weights(n_items, n_cand, rank_weight):
     weights = np.ones(n_cand + 1, dtype=np.float32)
     if rank_weight:
         for m in range(n_cand + 1):
-            weights[m] = np.float32(np.log(1.0 + np.float64((np.int64(n_items) * m) // n_cand)))
+            weights[m] = np.float32(_rank_weight(np.int64(m), np.int64(n_cand), np.int64(n_items)))
     return weights
 
 
@@ -218,10 +236,10 @@ def _update_block(block_pairs, n_pairs, user_emb, user_acc, item_emb, item_acc, 
             _prefetch_row(item_acc, neg[a])
         m, n = viol[k], neg[k]
         if m > 0 and n >= 0:
-            h = _step(block_pairs[k, 0], block_pairs[k, 1], n, weights[m], user_emb, item_emb,
-                      user_acc, item_acc, margin, lr, clip_norm, grad)
-            if h > 0:
-                loss += weights[m] * h
+            value = _step(block_pairs[k, 0], block_pairs[k, 1], n, weights[m], user_emb,
+                          item_emb, user_acc, item_acc, margin, lr, clip_norm, grad)
+            if value > 0:
+                loss += value
                 active += 1
     return loss, active
 
