@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from . import time_order
 from .data import Interactions
-from .model import pull_to_latest
 
 
 def _check_train(train: Any, who: str) -> sp.csr_matrix:
@@ -168,9 +168,10 @@ class ALS(_ImplicitMF):
 
     Defaults are implicit 0.7.3's own. ``seed`` is passed as ``random_state``; ``num_threads=0``
     uses every core. Train values are confidences (scaled by ``alpha``): pass a binary matrix
-    for plain implicit feedback. Fitted on ``Interactions`` with ``recent_share`` > 0, the
-    entries in the latest ``recent_share`` of each user's history (``Interactions.recency``)
-    get the value ``recent_weight`` instead of 1 (``experiments/results/defaults.md``, section 6).
+    for plain implicit feedback. Fitted on ``Interactions``, the time order is prepared as for
+    CML (:func:`recsys_metric.time_order.build`): with ``recent_share`` > 0, the entries in the
+    latest ``recent_share`` of each row (each user's history, and each context row's) get the
+    value ``recent_weight`` instead of 1 (``experiments/results/defaults.md``, section 6).
     With ``recent_pull`` > 0 and timestamps, each user's factors move toward the
     ``pull_decay``-weighted mean of their latest items' factors after the fit, as CML's users do
     (``TrainConfig.recent_pull``; ALS's best on validation is a larger pull, section 9). With
@@ -218,22 +219,20 @@ class ALS(_ImplicitMF):
         super().fit(train)  # with context rows after the users' when _values adds them
         if not isinstance(train, Interactions):
             return self
-        self.user_factors_ = self.user_factors_[:train.n_users]
+        order, self._order = self._order, None
+        self.user_factors_ = order.pull(self.user_factors_[:train.n_users], self.item_factors_,
+                                        self.recent_pull)
         self.n_users_ = train.n_users
-        if self.recent_pull and train.timestamps is not None:
-            self.user_factors_ = pull_to_latest(self.user_factors_, self.item_factors_,
-                                                train.latest_weights(self.pull_decay),
-                                                self.recent_pull)
         return self
 
     def _values(self, train: sp.csr_matrix | Interactions) -> sp.csr_matrix:
         if not isinstance(train, Interactions):
             return _check_train(train, "ALS")
-        m = train.matrix.astype(np.float32, copy=True)  # sorted CSR, aligned with recency()
-        if self.recent_share:
-            m.data[train.recency() >= 1 - self.recent_share] = np.float32(self.recent_weight)
-        if self.transitions and train.timestamps is not None:  # as TrainConfig.transitions
-            m = sp.vstack([m, train.transitions(self.transitions).matrix], format="csr")
+        # CML's rows and latest entries (time_order): the latest get the weight recent_weight
+        self._order = time_order.build(train, self.recent_share, self.transitions,
+                                       self.pull_decay)  # and fit pulls the users with it
+        m = self._order.rows.astype(np.float32, copy=True)
+        m.data[self._order.latest] = np.float32(self.recent_weight)
         return m
 
     def _implicit_model(self) -> tuple[type, dict[str, Any]]:

@@ -32,11 +32,11 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from . import sampling
+from . import sampling, time_order
 from .data import Interactions
 from .device import check_device_name, resolve_device
 from .losses import DISTANCES, LOSSES, CovarianceLoss, loss_terms, rank_weight, surrogate
-from .model import CML, pairwise_squared_distance, pull_to_latest, unit_rows
+from .model import CML, pairwise_squared_distance, unit_rows
 
 OPTIMIZERS = ("adagrad", "adagrad_row", "adam", "sgd")
 SAMPLERS = ("uniform", "popularity")
@@ -378,23 +378,17 @@ class Trainer:
         cfg = self.config
         again = None  # entries visited again in each epoch, once per extra visit
         pull = _no_pull
-        contexts = None  # items x items: each item's context row and the items that followed it
+        rows = None  # the users' rows, then (with timestamps) the items' context rows
         if isinstance(train, Interactions):
-            timed = train.timestamps is not None
-            # the users' rows, then (with timestamps) the items' context rows
-            parts = [train, *([train.transitions(cfg.transitions)]
-                              if timed and cfg.transitions else [])]
-            if cfg.recent_share > 0 and cfg.recent_visits > 1:  # each row's latest entries
-                offsets = np.cumsum([0] + [p.nnz for p in parts[:-1]])
-                latest = [off + np.flatnonzero(p.recency() >= 1 - cfg.recent_share)
-                          for p, off in zip(parts, offsets, strict=True)]
-                again = np.repeat(np.concatenate(latest), cfg.recent_visits - 1)
-            if cfg.recent_pull > 0 and timed:
-                weights = train.latest_weights(cfg.pull_decay)
-
+            revisit = cfg.recent_share > 0 and cfg.recent_visits > 1
+            order = time_order.build(train, cfg.recent_share if revisit else 0.0,
+                                     cfg.transitions, cfg.pull_decay)
+            if revisit:  # each row's latest entries, visited again
+                again = np.repeat(np.flatnonzero(order.latest), cfg.recent_visits - 1)
+            if cfg.recent_pull > 0 and order.pull_weights is not None:
                 def pull(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-                    return pull_to_latest(users, items, weights, cfg.recent_pull)
-            contexts = parts[1].matrix if len(parts) > 1 else None
+                    return order.pull(users, items, cfg.recent_pull)
+            rows = order.rows
             train = train.matrix
         if isinstance(valid, Interactions):
             valid = valid.matrix
@@ -413,13 +407,9 @@ class Trainer:
         sampling.reference.check_catalogue(n_items)
         if train.nnz == 0:
             raise ValueError("no training interactions")
-        if again is None:  # (an Interactions' matrix is sorted CSR already, aligned with again)
-            train = train.tocsr()
-            train.sort_indices()
-        # the rows trained: the users, then the items' context rows (their entries after the
-        # users', in the order `again` indexes them)
-        rows = train if contexts is None else sp.vstack([train, contexts], format="csr")
-        rows.sort_indices()
+        if rows is None:  # a bare matrix
+            rows = train = train.tocsr()
+            rows.sort_indices()
         self._again = again
         self.n_pairs = rows.nnz + (0 if again is None else len(again))
         dev = resolve_device(cfg.device)
