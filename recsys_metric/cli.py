@@ -353,10 +353,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _tune_space(args: argparse.Namespace) -> dict:
-    """CML search-space overrides: a tuned parameter given as a flag is fixed to its value."""
-    from .tune import SPACES
+    """CML search-space overrides: the loss family with --tune-losses; a tuned parameter given
+    as a flag is fixed to its value."""
+    from .tune import LOSS_SPACE, SPACES
 
-    return {k: getattr(args, k) for k in SPACES["cml"] if getattr(args, k, None) is not None}
+    space = dict(LOSS_SPACE) if getattr(args, "tune_losses", False) else {}
+    return {**space, **{k: getattr(args, k) for k in (*SPACES["cml"], *space)
+                        if getattr(args, k, None) is not None}}
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -513,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "that parameter)")
     p.add_argument("--trials", type=_positive, default=20,
                    help="Optuna trials per model with --tune (default 20)")
+    p.add_argument("--tune-losses", action="store_true",
+                   help="also search CML's loss family (--loss, --distance, --temperature, "
+                        "--negative-weight); slower")
     _add_train_args(p)
     p.set_defaults(func=cmd_compare)
 
@@ -521,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--model", default="cml", help="cml (default), als, bpr or ease")
     p.add_argument("--trials", type=_positive, default=20, help="Optuna trials (default 20)")
+    p.add_argument("--tune-losses", action="store_true",
+                   help="also search CML's loss family (--loss, --distance, --temperature, "
+                        "--negative-weight); slower")
     p.add_argument("--out", help="JSON file of the best config (default tuned-MODEL.json); for "
                                  "cml, 'train --config' and 'evaluate --config' read it")
     p.add_argument("--protocol", default="leave-last-out",

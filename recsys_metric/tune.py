@@ -45,11 +45,6 @@ SPACES: dict[str, dict[str, Any]] = {
         "recent_pull": ("categorical", [0.0, 0.3, 0.4, 0.5, 0.6]),
         "pull_decay": ("categorical", [0.3, 0.5, 0.7]),
         "transitions": ("categorical", [0, 1, 2]),
-        # the loss family (losses.py); the options of one loss are searched only with it
-        "loss": ("categorical", ["triplet", "softmax", "contrastive"]),
-        "distance": ("categorical", ["euclidean", "cosine"]),
-        "temperature": ("log", 0.02, 1.0),
-        "negative_weight": ("log", 0.1, 100.0),
     },
     "als": {
         # up to the large dimensions of tuned iALS (Rendle et al. 2022: 192 and more on ML-1M)
@@ -76,6 +71,16 @@ SPACES: dict[str, dict[str, Any]] = {
     "ease": {
         "l2": ("log", 1.0, 1e4),
     },
+}
+# CML's loss family (losses.py), searched on request (tune/compare --tune-losses, or in a space
+# override): the many-negative losses fit 5-15x slower than the triplet loss on CPU and did not
+# beat it on validation (experiments/results/losses.md). A loss's options are searched only in
+# the trials that pick it (_LOSS_OPTIONS).
+LOSS_SPACE: dict[str, Any] = {
+    "loss": ("categorical", ["triplet", "softmax", "contrastive"]),
+    "distance": ("categorical", ["euclidean", "cosine"]),
+    "temperature": ("log", 0.02, 1.0),
+    "negative_weight": ("log", 0.1, 100.0),
 }
 TUNABLE = tuple(SPACES)  # popularity has nothing to tune
 # Metrics that may be maximised (Coverage and Novelty are properties, not quality).

@@ -221,3 +221,20 @@ def test_compare_tune_records_the_tuned_params(tmp_path, csv_path, capsys):
     md = (out / "report.md").read_text()
     assert "## Tuned hyper-parameters" in md and "| bpr | 2 |" in md
     capsys.readouterr()
+
+
+def test_a_loss_options_are_searched_only_with_that_loss():
+    import optuna
+
+    from recsys_metric.tune import LOSS_SPACE, _suggest
+
+    triplet = _suggest(optuna.trial.FixedTrial({"loss": "triplet"}), LOSS_SPACE)
+    assert triplet == {"loss": "triplet"}
+    softmax = _suggest(optuna.trial.FixedTrial({"loss": "softmax", "distance": "cosine",
+                                                "temperature": 0.1}), LOSS_SPACE)
+    assert softmax == {"loss": "softmax", "distance": "cosine", "temperature": 0.1}
+    # a fixed base loss counts when the space does not search the loss
+    fixed = {k: v for k, v in LOSS_SPACE.items() if k != "loss"}
+    assert _suggest(optuna.trial.FixedTrial({"negative_weight": 5.0, "distance": "euclidean"}),
+                    fixed, base={"loss": "contrastive"}) == {"distance": "euclidean",
+                                                              "negative_weight": 5.0}
