@@ -443,7 +443,7 @@ class Trainer:
                 ks = {10, *(int(key.split("@")[1]) for key in self.valid_metrics if "@" in key)}
                 with tail.applied():
                     m = evaluate_ranking(_Scorer(served(model), dev), train, valid,
-                                         k=sorted(ks))
+                                         k=sorted(ks), auc="AUC" in self.valid_metrics)
                     if m["NDCG@10"] > best:
                         best, waited, result.best_epoch = m["NDCG@10"], 0, epoch + 1
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

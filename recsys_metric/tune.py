@@ -243,7 +243,8 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
 
             seeded = {"seed": seed} if takes_seed(name) else {}  # EASE is deterministic
             fitted = make_baseline(name, **{**base_values, **params, **seeded}).fit(fit)
-            value = float(evaluate_ranking(fitted, fit.matrix, valid.matrix, k=ks)[metric])
+            value = float(evaluate_ranking(fitted, fit.matrix, valid.matrix, k=ks,
+                                           auc=metric == "AUC")[metric])
         trial.set_user_attr("params", params)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         return value

@@ -339,3 +339,21 @@ def test_ml1m_sized_evaluation_is_fast():
     # Random scores: HR@10 is about 10 / 3560 candidates.
     assert 0.0 < res["HR@10"] < 0.02
     assert elapsed < 20.0  # seconds; generous for a shared 2-core machine
+
+
+def test_auc_can_be_left_out_and_nothing_else_changes():
+    rng = np.random.default_rng(0)
+    train = sp.random(30, 50, density=0.2, random_state=1, format="csr")
+    test = sp.random(30, 50, density=0.05, random_state=2, format="csr")
+
+    class M:
+        def score_users(self, u):
+            return rng.standard_normal((len(u), 50)).astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    full = evaluate_ranking(M(), train, test, k=[5, 10])
+    rng = np.random.default_rng(0)
+    lean = evaluate_ranking(M(), train, test, k=[5, 10], auc=False)
+    assert np.isnan(lean["AUC"]) and not np.isnan(full["AUC"])
+    assert {k: v for k, v in full.items() if k != "AUC"} == {k: v for k, v in lean.items()
+                                                             if k != "AUC"}
