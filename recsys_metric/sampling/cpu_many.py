@@ -8,8 +8,9 @@ streams over disjoint users, each step on a disjoint random item stratum, blocks
    proportion to the items' pairs, positives redrawn), or the block's shared ones (drawn once per
    block and lane, the user's positives among them weighted 0; their gradients summed over the
    block and stepped once at its end, as a mini-batch would: stepped after every pair, a few
-   rows took thousands of steps per block and validation NDCG@10 fell by a third), from the
-   catalogue with one lane, else from the stratum;
+   rows took thousands of steps per block, and a one-seed probe on ml-100k leave-last-out scored
+   NDCG@10 0.079 against 0.126 with negatives per pair), from the catalogue with one lane, else
+   from the stratum;
 2. the distances on the current rows, then the loss's rule (:func:`recsys_metric.losses.rules`,
    compiled in :mod:`.cpu_train` from the source the torch loop runs) gives ``c_pos`` and ``c_neg``;
 3. the rows' gradients (the coefficients times the distances' gradients, all from the rows
