@@ -156,7 +156,8 @@ def summarize(runs: list[dict], keys: list[str]) -> dict:
 
 def targets(summary: dict, metrics: tuple[str, ...], protocol: str) -> dict:
     """Each CML's mean over the best tuned peer's mean per metric, and fit time over ALS's."""
-    out: dict = {"cml_judged": TARGET_CML[protocol], "metrics": {}}
+    judged = TARGET_CML[protocol] if TARGET_CML[protocol] in summary else "cml"  # (not run)
+    out: dict = {"cml_judged": judged, "metrics": {}}
     peers = [p for p in PEERS if p in summary]
     cmls = [c for c in ("cml", "cml-tuned") if c in summary]
     for k in metrics:
