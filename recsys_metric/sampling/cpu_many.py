@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._numba_ops import _PAR, _hash, _mulhi, _require_numba, _stream_key, njit, prange
-from .cpu import _TRIES, _draw, _is_positive
+from .cpu import _TRIES, _draw, _is_positive, _sqdist
 from .cpu_train import (
     _adagrad_row,
     _check_tables,
@@ -45,41 +45,34 @@ LOSS_IDS = {"triplet": 0, "contrastive": 1, "softmax": 2}  # triplet: apply_pair
 _EPS = np.float32(1e-12)  # under the square roots of the norms, as losses.cosine_distance
 
 
+@njit(inline="always")
+def _dot_norms(ue, u, ie, i):
+    """``(u . i, |u|^2 + eps, |i|^2 + eps)`` of rows ``ue[u]`` and ``ie[i]``."""
+    dot = np.float32(0.0)
+    nu2 = np.float32(0.0)
+    ni2 = np.float32(0.0)
+    for d in range(ue.shape[1]):
+        a, b = ue[u, d], ie[i, d]
+        dot += a * b
+        nu2 += a * a
+        ni2 += b * b
+    return dot, nu2 + _EPS, ni2 + _EPS
+
 
 @njit(inline="always")
 def _dist(ue, u, ie, i, cosine):
     """Squared Euclidean distance, or ``1 - cos``, of rows ``ue[u]`` and ``ie[i]``."""
     if cosine:
-        dot = np.float32(0.0)
-        nu = np.float32(0.0)
-        ni = np.float32(0.0)
-        for d in range(ue.shape[1]):
-            a, b = ue[u, d], ie[i, d]
-            dot += a * b
-            nu += a * a
-            ni += b * b
-        return np.float32(1.0) - dot / (np.sqrt(nu + _EPS) * np.sqrt(ni + _EPS))
-    s = np.float32(0.0)
-    for d in range(ue.shape[1]):
-        t = ue[u, d] - ie[i, d]
-        s += t * t
-    return s
+        dot, nu2, ni2 = _dot_norms(ue, u, ie, i)
+        return np.float32(1.0) - dot / (np.sqrt(nu2) * np.sqrt(ni2))
+    return _sqdist(ue, u, ie, i)
 
 
 @njit(inline="always")
 def _add_grad(gu, gi, c, ue, u, ie, i, cosine):
     """``gu += c * dd/du`` and ``gi = c * dd/di`` for the distance ``d`` of rows ``u``, ``i``."""
     if cosine:
-        dot = np.float32(0.0)
-        nu2 = np.float32(0.0)
-        ni2 = np.float32(0.0)
-        for d in range(ue.shape[1]):
-            a, b = ue[u, d], ie[i, d]
-            dot += a * b
-            nu2 += a * a
-            ni2 += b * b
-        nu2 += _EPS
-        ni2 += _EPS
+        dot, nu2, ni2 = _dot_norms(ue, u, ie, i)
         inv = np.float32(1.0) / np.sqrt(nu2 * ni2)
         cos = dot * inv
         for d in range(ue.shape[1]):
