@@ -76,11 +76,10 @@ def rules(ops: SimpleNamespace) -> SimpleNamespace:
 
 TORCH_OPS = SimpleNamespace(
     exp=torch.exp,
-    log=lambda x: torch.log(x) if isinstance(x, torch.Tensor) else torch.log(torch.tensor(x)),
+    log=torch.log,
     total=lambda x: x.sum(-1, keepdim=True),
     top=lambda x: x.amax(-1, keepdim=True),
-    larger=lambda a, b: torch.maximum(a, torch.as_tensor(b, dtype=a.dtype, device=a.device))
-    if isinstance(a, torch.Tensor) else torch.maximum(torch.as_tensor(a), b),
+    larger=lambda a, b: torch.maximum(a, torch.as_tensor(b, dtype=a.dtype, device=a.device)),
     on=lambda x: (x > 0).to(x.dtype),
 )
 TORCH = rules(TORCH_OPS)
@@ -107,9 +106,7 @@ def loss_terms(loss: str, d_pos: torch.Tensor, d_neg: torch.Tensor, w: torch.Ten
     else:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     value, c_pos, c_neg = out
-    value = value.sum(-1) if loss == "triplet" else value.squeeze(-1)
-    c_pos = c_pos.sum(-1) if loss == "triplet" else c_pos.squeeze(-1)
-    return value, c_pos.expand(value.shape), c_neg
+    return value.squeeze(-1), c_pos.expand_as(value).squeeze(-1), c_neg
 
 
 def surrogate(c_pos: torch.Tensor, d_pos: torch.Tensor, c_neg: torch.Tensor,
