@@ -42,14 +42,17 @@ class Recommender:
 
     # -- fitting ---------------------------------------------------------------------------------
 
-    def fit(self, interactions: Interactions, valid: Interactions | None = None,
+    def fit(self, interactions: Interactions | sp.spmatrix, valid: Interactions | None = None,
             show_progress: bool = True, callbacks: Sequence = (),
             validation: str = "leave-last-out") -> Recommender:
-        """Train on ``interactions``. With ``config.patience > 0`` and no ``valid`` given, a
-        validation split is carved from it in the shape ``validation`` (a protocol of
-        :func:`recsys_metric.split.validation_split`; by default each user's latest item) to
-        pick the number of epochs, then the model is refit on all of ``interactions`` for that
-        many epochs."""
+        """Train on ``interactions`` (or a users x items sparse matrix, as implicit's models
+        take: :meth:`Interactions.from_matrix`, ids the row and column numbers). With
+        ``config.patience > 0`` and no ``valid`` given, a validation split is carved from it in
+        the shape ``validation`` (a protocol of :func:`recsys_metric.split.validation_split`; by
+        default each user's latest item) to pick the number of epochs, then the model is refit
+        on all of ``interactions`` for that many epochs."""
+        if sp.issparse(interactions):
+            interactions = Interactions.from_matrix(interactions)
         cfg = self.config.validate()
         resolve_index(self.index, interactions.n_items)
         if interactions.timestamps is None and (cfg.transitions or cfg.recent_pull):

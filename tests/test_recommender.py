@@ -209,3 +209,24 @@ def test_train_result_scores_like_the_fitted_recommender():
     idx = np.arange(5)
     np.testing.assert_allclose(res.score_users(idx), model.score_users(idx), rtol=1e-6)
     assert res.score_users(idx).shape == (5, 10)
+
+
+def test_fit_takes_a_sparse_matrix_as_implicit_does():
+    import scipy.sparse as sp
+
+    from recsys_metric import Interactions, Recommender, TrainConfig
+
+    rng = np.random.default_rng(0)
+    m = sp.random(40, 30, density=0.2, random_state=3, format="csr")
+    m.data[:] = 1.0
+    inter = Interactions.from_matrix(m)
+    assert (inter.n_users, inter.n_items, inter.nnz) == (40, 30, m.nnz)
+    assert (inter.matrix != (m > 0)).nnz == 0
+    cfg = TrainConfig(dim=8, epochs=2, recent_pull=0.0, transitions=0)
+    rec = Recommender(cfg).fit(m.tocoo(), show_progress=False)
+    user = int(rng.integers(40))
+    liked = set(m[user].indices.tolist())
+    items, scores = rec.recommend(user, N=5)
+    assert len(items) == 5 and not liked & {int(i) for i in items}
+    with pytest.raises(ValueError, match="sparse"):
+        Interactions.from_matrix(np.ones((2, 2)))
