@@ -584,8 +584,9 @@ class _TorchNegatives:
     """The torch loop's N negatives per pair for the contrastive and softmax losses, with each
     draw's weight ``w`` (the items it stands for, 0 for a draw to ignore; see :mod:`.losses`):
     uniform over the user's non-positives (the sampler backends' ``sample_uniform``) or in
-    proportion to the items' pairs, per pair or shared by the batch (one of the user's positives
-    among shared draws gets weight 0)."""
+    proportion to the items' pairs, per pair or shared by the batch. A popularity or shared draw
+    that hits one of the user's positives gets weight 0 (the fused loop redraws a per-pair
+    popularity draw up to four times first, so the two loops' popularity draws differ there)."""
 
     def __init__(self, cfg: TrainConfig, train: sp.csr_matrix, pair_items: torch.Tensor,
                  n: int, backend: str) -> None:

@@ -119,7 +119,7 @@ def _pair(u, p, negs, w, n, dneg, grad, ue, ua, ie, ia, loss_id, p1, p2, cosine,
     d_pos = _dist(ue, u, ie, p, cosine)
     for j in range(n):
         dneg[j] = _dist(ue, u, ie, negs[j], cosine) if w[j] > 0 else np.float32(0.0)
-    if loss_id == 1:
+    if loss_id == 1:  # (two calls of _apply: the rules' outputs differ in type)
         value, c_pos, c_neg = _contrastive(d_pos, dneg[:n], w[:n], p1, p2)
         return value, _apply(u, p, negs, n, c_pos, c_neg, grad, ue, ua, ie, ia, cosine, lr, clip,
                              held)
