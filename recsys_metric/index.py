@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .model import pairwise_squared_distance
@@ -18,6 +19,9 @@ from .model import pairwise_squared_distance
 # Catalogue size above which index="auto" picks Annoy; measured by experiments/bench_index.py
 # (results/index.md): below it, exact batched scoring is as fast per query and always exact.
 AUTO_ANNOY_ITEMS = 200_000
+# Floats in one block of exact scores (64 MiB): large enough that a block amortises torch's
+# per-call cost, small enough that a catalogue of millions scores a few queries at a time.
+SCORE_BLOCK_FLOATS = 16 * 1024 * 1024
 
 
 class ExactIndex:
@@ -25,7 +29,7 @@ class ExactIndex:
 
     kind = "exact"
 
-    def __init__(self, item_vectors: np.ndarray, batch_size: int = 1024) -> None:
+    def __init__(self, item_vectors: np.ndarray, batch_size: int | None = None) -> None:
         self.vectors = torch.as_tensor(np.ascontiguousarray(item_vectors, dtype=np.float32))
         self.batch_size = batch_size
 
@@ -33,16 +37,31 @@ class ExactIndex:
         return self.vectors.shape[0]
 
     @torch.no_grad()
-    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ids ``[b, k]`` and squared distances ``[b, k]``, nearest first."""
+    def query(self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Ids ``[b, k]`` and squared distances ``[b, k]``, nearest first; ``exclude`` (a
+        ``[b, n_items]`` sparse pattern) removes items per query, and a row with fewer than
+        ``k`` items left is padded with id -1 at distance inf.
+
+        Blocked so each block's distance matrix stays near 64 MiB: one matrix product, the
+        exclusions set to inf through the CSR's coordinates, one top-k, for the whole block."""
         q = torch.as_tensor(np.atleast_2d(queries).astype(np.float32))
         k = min(k, len(self))
+        if exclude is not None:
+            exclude = sp.csr_matrix(exclude)
+        block = self.batch_size or max(1, SCORE_BLOCK_FLOATS // max(len(self), 1))
         ids, dists = [], []
-        for s in range(0, len(q), self.batch_size):
-            d = pairwise_squared_distance(q[s:s + self.batch_size], self.vectors)
+        for s in range(0, len(q), block):
+            d = pairwise_squared_distance(q[s:s + block], self.vectors)
+            if exclude is not None:
+                part = exclude[s:s + len(d)]
+                rows = np.repeat(np.arange(len(d)), np.diff(part.indptr))
+                d[torch.as_tensor(rows), torch.as_tensor(part.indices.astype(np.int64))] = np.inf
             top = torch.topk(d, k, dim=1, largest=False)  # sorted, nearest first
-            ids.append(top.indices)
+            ids.append(top.indices.masked_fill_(torch.isinf(top.values), -1))
             dists.append(top.values)
+        if not ids:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
         return torch.cat(ids).numpy(), torch.cat(dists).numpy()
 
     def save(self, path: Path) -> None:  # the vectors live in the model's own files
@@ -74,22 +93,41 @@ class AnnoyIndex:
     def __len__(self) -> int:
         return self._n
 
-    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`ExactIndex.query` (approximate): one search per query, asking for ``k``
+        plus the query's excluded items, and again for twice as many while fewer survive."""
         queries = np.atleast_2d(queries)
         k = min(k, len(self))
-        # Annoy stops after inspecting search_k items, counting the same item once per tree: a
-        # list longer than the calibrated one (recommend() asks for N + the liked items, then
-        # filters) needs a proportionally larger search_k, or it comes back short.
-        search_k = (self.search_k if self.search_k < 0
-                    else max(self.search_k, -(-self.search_k * k // self.calibrated_k)))
+        if exclude is not None:
+            exclude = sp.csr_matrix(exclude)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         dists = np.full((len(queries), k), np.inf, dtype=np.float32)
         for r, q in enumerate(queries):
-            i, d = self._index.get_nns_by_vector(q.tolist(), k, search_k=search_k,
-                                                 include_distances=True)
+            ex = (exclude.indices[exclude.indptr[r]:exclude.indptr[r + 1]] if exclude is not None
+                  else np.empty(0, np.int64))
+            want = min(k, len(self) - len(ex))
+            fetch = min(want + len(ex), len(self))
+            while True:  # Annoy may return fewer survivors than asked: fetch more until enough
+                i, d = self._search(q, fetch)
+                keep = ~np.isin(i, ex)
+                if keep.sum() >= want or fetch >= len(self):
+                    break
+                fetch = min(2 * fetch, len(self))
+            i, d = i[keep][:k], d[keep][:k]
             ids[r, :len(i)] = i
-            dists[r, :len(d)] = np.square(d)  # annoy returns Euclidean, we rank squared
+            dists[r, :len(d)] = d
         return ids, dists
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # Annoy stops after inspecting search_k items, counting the same item once per tree: a
+        # list longer than the calibrated one (a query with exclusions asks for k + their
+        # number, then filters) needs a proportionally larger search_k, or it comes back short.
+        search_k = (self.search_k if self.search_k < 0
+                    else max(self.search_k, -(-self.search_k * k // self.calibrated_k)))
+        i, d = self._index.get_nns_by_vector(q.tolist(), k, search_k=search_k,
+                                             include_distances=True)
+        return np.asarray(i, np.int64), np.square(np.asarray(d, np.float32))  # we rank squared
 
     def calibrate(self, queries: np.ndarray, exact: ExactIndex, k: int = 10,
                   target: float = 0.98, max_search_k: int | None = None) -> float:

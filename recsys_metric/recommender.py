@@ -10,15 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from . import __version__, modeldir
-from .data import IdMap, Interactions
+from .data import IdMap, Interactions, normalize_id
+from .foldin import fold_in
 from .index import AnnoyIndex, ExactIndex, resolve_index
 from .model import pairwise_squared_distance
 from .split import validation_split
 from .train import TimeOrderWarning, TrainConfig, Trainer
 
 FORMAT = 2  # of config.json; 1: before manifests
+# Users scored per block in batch serving: a progress bar's step, the index blocks within it.
+BLOCK_USERS = 4096
 
 
 class Recommender:
@@ -77,6 +81,8 @@ class Recommender:
             self.best_epoch_ = result.best_epoch
         self.history_ = result.history
         self.training_loop_ = result.loop
+        # the trained users were pulled toward their latest items: folded-in ones are too
+        self.pulled_ = interactions.timestamps is not None and cfg.recent_pull > 0
         self._set_state(result.user_embeddings, result.item_embeddings, interactions.users,
                         interactions.items, train, interactions.item_names)
         self._build_index()
@@ -104,7 +110,7 @@ class Recommender:
         else:
             self.index_ = self.exact_index_
 
-    # -- scoring ---------------------------------------------------------------------------------
+    # -- scoring and serving ---------------------------------------------------------------------
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
         """Scores (minus squared distance) of every item for internal user indices."""
@@ -113,60 +119,248 @@ class Recommender:
         u = torch.as_tensor(self.user_embeddings_[np.asarray(user_idx)])
         return (-pairwise_squared_distance(u, torch.as_tensor(self.item_embeddings_))).numpy()
 
-    def _nearest(self, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
-        """The ``n`` items nearest ``vector`` outside ``exclude`` (sorted item indices)."""
-        n = min(n, len(self.items_) - len(exclude))
-        k = n + len(exclude)
-        while True:  # Annoy may return fewer survivors than asked: fetch more until enough
-            ids, dists = self.index_.query(vector, k)
-            ids, dists = ids[0], dists[0]
-            keep = (ids >= 0) & ~np.isin(ids, exclude)
-            if keep.sum() >= n or k >= len(self.items_):
-                return ids[keep][:n], -dists[keep][:n]
-            k = min(2 * k, len(self.items_))
-
-    def recommend(self, user: object | Sequence[object], N: int = 10,
+    def recommend(self, user: object | Sequence[object] | None = None, N: int = 10,
                   filter_already_liked_items: bool = True,
-                  filter_items: Sequence[object] | None = None
+                  filter_items: Sequence[object] | None = None,
+                  user_items: Sequence | None = None, recalculate_user: bool = False,
+                  items: Sequence[object] | None = None, show_progress: bool = False
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``N`` items for one raw user id, or for a list of them.
+        """Top-``N`` items for one raw user id, a list of them, or a new user.
+
+        Parameters
+        ----------
+        user : a raw user id, a list of them (scored together, in blocks), or None for a user
+            unseen in training, given by ``user_items``.
+        filter_already_liked_items : leave out the items the user has (in training, plus
+            ``user_items``).
+        filter_items : raw item ids left out for everyone.
+        user_items : raw item ids, oldest first: a new user's items (``user`` None), or a known
+            user's new ones (with ``recalculate_user``; a list of such lists for a list of
+            users). The user's point is folded in: fitted to their items against the fixed
+            item table with the model's own loss (:mod:`recsys_metric.foldin`), deterministic.
+        recalculate_user : fold the known user(s) in again from their items (and
+            ``user_items``) instead of using the trained point; the model is not changed
+            (:meth:`partial_fit_users` changes it).
+        items : raw item ids: rank only these (exact search over them).
+        show_progress : a progress bar over blocks of users (on a terminal only).
 
         Returns ``(item_ids, scores)``: raw item ids (str) best first and their scores (minus the
-        squared distance, higher is better); 2-D ``[len(users), N]`` for a list, padded with ``""``
-        and ``-inf`` where fewer items are left after filtering.
+        squared distance to the user, higher is better; 0 would be the user's own point). 1-D
+        for one user, 2-D ``[len(users), N]`` for a list, padded with ``""`` and ``-inf`` where
+        fewer items are left after filtering.
         """
         self._check_fitted()
         if N < 1:
             raise ValueError(f"N must be >= 1, got {N}")
-        excluded = (self.items_.indices(filter_items, "item") if filter_items is not None
-                    else np.empty(0, dtype=np.int64))
-        single = isinstance(user, str | int | np.integer)
-        rows = []
-        for raw in [user] if single else list(user):
-            u = self.users_.index(raw, "user")
-            ex = excluded
-            if filter_already_liked_items:
-                ex = np.union1d(ex, self.liked_.indices[self.liked_.indptr[u]:
-                                                        self.liked_.indptr[u + 1]])
-            rows.append(self._nearest(self.user_embeddings_[u], N, ex))
-        if single:
-            ids, scores = rows[0]
-            return self.items_.raw(ids).astype(str), scores
-        width = max((len(r[0]) for r in rows), default=0)
-        out_ids = np.full((len(rows), width), "", dtype=object)
-        out_scores = np.full((len(rows), width), -np.inf, dtype=np.float32)
-        for r, (ids, scores) in enumerate(rows):
-            out_ids[r, :len(ids)] = self.items_.raw(ids)
-            out_scores[r, :len(ids)] = scores
-        return out_ids.astype(str), out_scores
+        single = user is None or _is_id(user)
+        if user is None:
+            if user_items is None:
+                raise ValueError("recommend: give a user id, a list of them, or the items of a "
+                                 "new user (user_items)")
+            liked = [self._item_indices(user_items)]
+            vectors = self._fold(liked)
+        else:
+            idx = self._user_indices([user] if single else user)
+            liked = self._liked_rows(idx)
+            if recalculate_user:
+                extra = ([user_items] if single else user_items) if user_items is not None else None
+                if extra is not None:
+                    if len(extra) != len(idx):
+                        raise ValueError(f"recommend: {len(idx)} users but {len(extra)} lists "
+                                         "of user_items")
+                    liked = [np.concatenate([known, self._item_indices(new)])
+                             for known, new in zip(liked, extra, strict=True)]
+                vectors = self._fold(liked)
+            elif user_items is not None:
+                raise ValueError("recommend: user_items for a known user need "
+                                 "recalculate_user=True (or pass user=None for a new user)")
+            else:
+                vectors = self.user_embeddings_[idx]
+        exclude = self._exclusions(liked if filter_already_liked_items else None, len(vectors),
+                                   filter_items)
+        ids, scores = self._search(vectors, N, exclude, items, show_progress)
+        raw = self._raw_items(ids)
+        return (raw[0][ids[0] >= 0], scores[0][ids[0] >= 0]) if single else (raw, scores)
 
-    def similar_items(self, item: object, N: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """The ``N`` items nearest to ``item`` (itself excluded): raw ids and scores."""
+    def similar_items(self, item: object | Sequence[object], N: int = 10,
+                      filter_items: Sequence[object] | None = None,
+                      items: Sequence[object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``N`` items nearest to ``item`` (itself excluded), or to a basket: a list of raw
+        item ids, queried by the mean of their points (the basket excluded). Raw ids and scores
+        (minus squared distances); ``filter_items`` and ``items`` as in :meth:`recommend`."""
         self._check_fitted()
-        i = self.items_.index(item, "item")
-        ids, scores = self._nearest(self.item_embeddings_[i], N, np.array([i]))
-        return self.items_.raw(ids).astype(str), scores
+        basket = self._item_indices([item] if _is_id(item) else item)
+        if not len(basket):
+            raise ValueError("similar_items: the basket is empty")
+        query = self.item_embeddings_[basket].astype(np.float64).mean(0, keepdims=True)
+        exclude = self._exclusions([basket], 1, filter_items)
+        ids, scores = self._search(query.astype(np.float32), N, exclude, items)
+        keep = ids[0] >= 0
+        return self._raw_items(ids)[0][keep], scores[0][keep]
+
+    def similar_users(self, user: object | None = None, N: int = 10,
+                      user_items: Sequence[object] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``N`` trained users nearest to ``user`` (itself excluded), or to a new user
+        given by ``user_items`` (folded in): raw user ids and scores (minus squared
+        distances), exact search."""
+        self._check_fitted()
+        if user is None:
+            if user_items is None:
+                raise ValueError("similar_users: give a user id or user_items")
+            query, exclude = self._fold([self._item_indices(user_items)]), None
+        else:
+            u = self.users_.index(user, "user")
+            query = self.user_embeddings_[[u]]
+            exclude = sp.csr_matrix(([1.0], [u], [0, 1]), shape=(1, len(self.users_)))
+        if getattr(self, "user_index_", None) is None:
+            self.user_index_ = ExactIndex(self.user_embeddings_)
+        ids, dists = self.user_index_.query(query, N, exclude)
+        keep = ids[0] >= 0
+        return self.users_.raw(ids[0][keep]).astype(str), -dists[0][keep]
+
+    def explain(self, user: object | None, item: object, N: int = 3,
+                user_items: Sequence[object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Why ``item`` suits ``user``: the user's liked items nearest to it ("because you liked
+        X"), closest first, as raw ids and squared distances between the items' points. A new
+        user is given by ``user_items`` (``user`` None); a known user's ``user_items`` count
+        with their trained ones."""
+        self._check_fitted()
+        liked = [] if user is None else list(self._liked_rows([self.users_.index(user,
+                                                                                  "user")]))
+        extra = self._item_indices(user_items) if user_items is not None else np.empty(0, int)
+        mine = np.unique(np.concatenate([*liked, extra]).astype(np.int64))
+        if not len(mine):
+            raise ValueError("explain: the user has no liked items")
+        target = self.item_embeddings_[self.items_.index(item, "item")]
+        d = ((self.item_embeddings_[mine] - target) ** 2).sum(1)
+        top = np.argsort(d, kind="stable")[:N]
+        return self.items_.raw(mine[top]).astype(str), d[top].astype(np.float32)
+
+    # -- updating a fitted model -----------------------------------------------------------------
+
+    def partial_fit_users(self, users: Sequence[object], user_items: Sequence | sp.spmatrix
+                          ) -> Recommender:
+        """Fold users in (new ids are added) or refit known ones from their items, in place, as
+        implicit's ``partial_fit_users``: ``user_items`` a list of lists of raw item ids (oldest
+        first), or a ``[len(users), n_items]`` sparse matrix over the model's item indices. Their
+        liked items become these; the item table does not change."""
+        self._check_fitted()
+        users = [users] if _is_id(users) else list(users)
+        rows = self._rows_of(user_items, len(users), len(self.items_), "user_items")
+        rows = [self._item_indices(r) if not isinstance(r, np.ndarray) else r for r in rows]
+        points = self._fold(rows)
+        self.users_, idx = _extend(self.users_, users)
+        self.user_embeddings_ = _grow(self.user_embeddings_, len(self.users_))
+        self.user_embeddings_[idx] = points
+        self.liked_ = _set_rows(self.liked_, idx, rows, len(self.users_), len(self.items_))
+        self.user_index_ = None
+        return self
+
+    def partial_fit_items(self, items: Sequence[object], item_users: Sequence | sp.spmatrix
+                          ) -> Recommender:
+        """Fold items in (new ids are added) or refit known ones from the users who liked them,
+        in place, as implicit's ``partial_fit_items``: ``item_users`` a list of lists of raw user
+        ids, or a ``[len(items), n_users]`` sparse matrix over the model's user indices. Each
+        item's point is fitted against the fixed user table with the model's loss (the roles
+        swapped); their liked-by users become these, and the index is rebuilt."""
+        self._check_fitted()
+        items = [items] if _is_id(items) else list(items)
+        rows = self._rows_of(item_users, len(items), len(self.users_), "item_users")
+        rows = [self.users_.indices(r, "user") if not isinstance(r, np.ndarray) else r
+                for r in rows]
+        points = fold_in(self.user_embeddings_, rows, self.config)
+        self.items_, idx = _extend(self.items_, items)
+        self.item_embeddings_ = _grow(self.item_embeddings_, len(self.items_))
+        self.item_embeddings_[idx] = points
+        liked_t = _set_rows(self.liked_.T.tocsr(), idx, rows, len(self.items_), len(self.users_))
+        self.liked_ = liked_t.T.tocsr()
+        self._build_index()
+        return self
+
+    # -- serving internals -----------------------------------------------------------------------
+
+    def _fold(self, rows: list[np.ndarray]) -> np.ndarray:
+        """Folded-in points for rows of item indices (oldest first), pulled toward the latest
+        items as the trained users were."""
+        pull = self.config.recent_pull if getattr(self, "pulled_", False) else 0.0
+        return fold_in(self.item_embeddings_, rows, self.config, pull=pull)
+
+    def _item_indices(self, raws) -> np.ndarray:
+        if isinstance(raws, str) or not isinstance(raws, Sequence | np.ndarray):
+            raise ValueError(f"expected a list of item ids, got {raws!r}")
+        return self.items_.indices(raws, "item")
+
+    def _user_indices(self, raws) -> np.ndarray:
+        if isinstance(raws, str) or not isinstance(raws, Sequence | np.ndarray):
+            raise ValueError(f"expected a user id or a list of them, got {raws!r}")
+        return self.users_.indices(raws, "user")
+
+    def _liked_rows(self, idx: np.ndarray) -> list[np.ndarray]:
+        ip, ix = self.liked_.indptr, self.liked_.indices
+        return [ix[ip[u]:ip[u + 1]] for u in idx]
+
+    def _exclusions(self, liked: list[np.ndarray] | None, n: int,
+                    filter_items: Sequence[object] | None) -> sp.csr_matrix | None:
+        """The ``[n, n_items]`` pattern of items left out per query: its liked items (when
+        given) and ``filter_items`` for every query."""
+        parts = []
+        if liked is not None:
+            deg = [len(r) for r in liked]
+            ix = np.concatenate(liked).astype(np.int64) if sum(deg) else np.empty(0, np.int64)
+            parts.append(sp.csr_matrix((np.ones(len(ix), np.float32), ix, np.r_[0, np.cumsum(deg)]),
+                                       shape=(n, len(self.items_))))
+        if filter_items is not None:
+            f = np.unique(self._item_indices(filter_items))
+            parts.append(sp.csr_matrix((np.ones(n * len(f), np.float32), np.tile(f, n),
+                                        np.arange(n + 1) * len(f)), shape=(n, len(self.items_))))
+        if not parts:
+            return None
+        out = sum(parts[1:], parts[0]).tocsr()
+        out.sum_duplicates()
+        return out
+
+    def _search(self, vectors: np.ndarray, N: int, exclude: sp.csr_matrix | None,
+                candidates: Sequence[object] | None = None, show_progress: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``N`` item indices ``[b, N]`` (-1 padded) and scores for query points, blocks of
+        :data:`BLOCK_USERS` at a time: the model's index over the whole catalogue, or exact
+        search over ``candidates``."""
+        index = self.index_
+        if candidates is not None:
+            cand = np.unique(self._item_indices(candidates))
+            index = ExactIndex(self.item_embeddings_[cand])
+            exclude = exclude[:, cand].tocsr() if exclude is not None else None
+        ids, dists = [], []
+        starts = range(0, len(vectors), BLOCK_USERS)
+        for s in tqdm(starts, desc="recommend", unit="block",
+                      disable=True if not show_progress or len(starts) < 2 else None):
+            block = None if exclude is None else exclude[s:s + BLOCK_USERS]
+            i, d = index.query(vectors[s:s + BLOCK_USERS], N, block)
+            ids.append(i)
+            dists.append(d)
+        ids = np.concatenate(ids)
+        if candidates is not None:
+            ids = np.where(ids >= 0, cand[np.maximum(ids, 0)], -1)
+        return ids, -np.concatenate(dists)
+
+    def _raw_items(self, ids: np.ndarray) -> np.ndarray:
+        raw = self.items_.ids[np.maximum(ids, 0)].astype(str)
+        raw[ids < 0] = ""
+        return raw
+
+    @staticmethod
+    def _rows_of(given, n: int, n_cols: int, name: str) -> list:
+        if sp.issparse(given):
+            m = sp.csr_matrix(given)
+            if m.shape != (n, n_cols):
+                raise ValueError(f"{name} is a {m.shape[0]} x {m.shape[1]} matrix, expected "
+                                 f"{n} x {n_cols}")
+            return [m.indices[m.indptr[r]:m.indptr[r + 1]].astype(np.int64) for r in range(n)]
+        given = list(given)
+        if len(given) != n:
+            raise ValueError(f"{name}: {len(given)} lists for {n} ids")
+        return given
 
     def item_name(self, item: str) -> str | None:
         return self.item_names_.get(str(item))
@@ -203,6 +397,7 @@ class Recommender:
                 "fit_seconds": getattr(self, "fit_seconds_", None),
                 "training_loop": getattr(self, "training_loop_", None),
                 "best_epoch": getattr(self, "best_epoch_", None),
+                "pulled": bool(getattr(self, "pulled_", False)),
                 "history": getattr(self, "history_", [])}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         (tmp / "item_names.json").write_text(json.dumps(self.item_names_, ensure_ascii=False))
@@ -272,7 +467,49 @@ class Recommender:
         model.history_ = meta.get("history", [])
         model.fit_seconds_ = meta.get("fit_seconds")
         model.best_epoch_ = meta.get("best_epoch")
+        model.pulled_ = bool(meta.get("pulled", config.recent_pull > 0))
         return model
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _is_id(x) -> bool:
+    return isinstance(x, str | int | np.integer)
+
+
+def _extend(ids: IdMap, raws: list) -> tuple[IdMap, np.ndarray]:
+    """``ids`` with the unknown ones of ``raws`` appended, and the indices of ``raws``."""
+    new = [r for r in dict.fromkeys(normalize_id(r) for r in raws) if r not in ids._index]
+    if new:
+        ids = IdMap(np.concatenate([ids.ids, np.asarray(new, dtype=object)]))
+    return ids, ids.indices(raws)
+
+
+def _grow(table: np.ndarray, n: int) -> np.ndarray:
+    if len(table) >= n:
+        return table.copy()
+    return np.vstack([table, np.zeros((n - len(table), table.shape[1]), table.dtype)])
+
+
+def _set_rows(m: sp.csr_matrix, idx: np.ndarray, rows: list[np.ndarray], n_rows: int,
+              n_cols: int) -> sp.csr_matrix:
+    """``m`` grown to ``n_rows x n_cols`` with rows ``idx`` replaced by the patterns ``rows``."""
+    m = sp.csr_matrix(m, copy=True)
+    m.resize(n_rows, n_cols)
+    keep = np.ones(n_rows, bool)
+    keep[idx] = False
+    m = (sp.diags(keep.astype(np.float32)) @ m).tocsr()
+    m.eliminate_zeros()
+    deg = [len(r) for r in rows]
+    ix = np.concatenate(rows).astype(np.int64) if sum(deg) else np.empty(0, np.int64)
+    new = sp.csr_matrix((np.ones(len(ix), np.float32), (np.repeat(idx, deg), ix)),
+                        shape=(n_rows, n_cols))
+    out = (m + new).tocsr()
+    out.data[:] = 1.0
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
 
 
 # ----------------------------------------------------------------------------- reading a model

@@ -49,8 +49,10 @@ def test_recommend_list_filters_and_unknown_ids():
     assert not liked & set(one)
     kept, _ = model.recommend("u0", N=20, filter_already_liked_items=False)
     assert len(kept) == 20 and liked <= set(kept)
-    ids, _ = model.recommend(["u0", "u2"], N=20)  # 13 left for u0: padded rows
-    assert ids.shape[1] == 13
+    ids, scores = model.recommend(["u0", "u2"], N=20)  # 13 left for u0: a padded row
+    assert ids.shape == (2, 20) and (ids[0] != "").sum() == 13
+    assert np.isneginf(scores[0][ids[0] == ""]).all() and list(ids[0][:13]) == list(
+        model.recommend("u0", N=20)[0])
     banned = list(one[:2])
     ids, _ = model.recommend("u0", N=4, filter_items=banned)
     assert not set(banned) & set(ids)

@@ -1,0 +1,386 @@
+"""Exact vs Annoy nearest-item search against catalogue size: the crossover for AUTO_ANNOY_ITEMS.
+
+``AUTO_ANNOY_ITEMS`` (``recsys_metric/index.py``) is the size above which ``index="auto"`` picks
+Annoy. Vectors like a trained CML model's, all from ``--seed``: ``--dim`` 64, float32, a mixture
+of 100 Gaussian clusters of unequal weight and spread, rows clipped to the unit ball (as CML clips
+them); the query "users" are drawn from the same clusters. For each size, the package's classes:
+
+- exact: ``ExactIndex(items).query(q, 10)`` on a batch of 1000 queries (ms per query, best of 3),
+  scored in chunks of ``batch_size`` rows: the package's 1024, fewer where a ``[chunk, items]``
+  float32 block would pass ``--block-mb`` (the distances hold two such blocks at once: 16 GB at
+  2 M items with 1024);
+- annoy: ``AnnoyIndex(items, --trees)`` build seconds (``n_jobs=1``), then ``calibrate`` on 500
+  probe users to recall@10 0.98, as ``Recommender._build_index`` does; the batch of 1000
+  (``AnnoyIndex.query`` loops over the rows, as the package does), its recall@10 against exact
+  (other users than the probe), the chosen ``search_k`` and the size of the saved file;
+- one query: median of 50 of them after 5 warm-up, exact and Annoy interleaved query by query
+  (the same machine load for both), and the item-norm term that every exact query recomputes.
+
+The crossover is the smallest measured size from which Annoy is faster at every larger size,
+and, between it and the size below, where the two log-log latency lines cross.
+
+    python experiments/bench_index.py --out-dir experiments/results
+    python experiments/bench_index.py --sizes 10000,30000 --out-dir /tmp/bench_index   # smoke
+
+``--out-dir`` writes ``index.md``, ``index.json`` and ``index.png`` there. Progress goes to stderr;
+the last line printed is one JSON object of the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import header, row
+
+from recsys_metric.index import AUTO_ANNOY_ITEMS, AnnoyIndex, ExactIndex
+
+K, TARGET, PROBE, BATCH, SINGLE, WARMUP, REPEAT = 10, 0.98, 500, 1000, 50, 5, 3
+COLUMNS = ("items", "load", "exact single ms", "of which norms ms", "exact batch ms/q",
+           "exact chunk", "annoy build s", "search_k", "annoy single ms", "annoy batch ms/q",
+           "annoy recall@10", "annoy file MB")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)  # progress on stderr: stdout ends with the JSON line
+
+
+class Clusters:
+    """A mixture of ``n`` Gaussian clusters inside the unit ball: centres at radius 0.3-0.9,
+    per-coordinate spread such that a point lies 0.15-0.45 from its centre, Dirichlet weights."""
+
+    def __init__(self, dim: int, seed: int, n: int = 100) -> None:
+        rng = np.random.default_rng([seed, 0])
+        c = rng.standard_normal((n, dim))
+        self.centres = (c / np.linalg.norm(c, axis=1, keepdims=True)
+                        * rng.uniform(0.3, 0.9, (n, 1))).astype(np.float32)
+        self.spread = (rng.uniform(0.15, 0.45, (n, 1)) / np.sqrt(dim)).astype(np.float32)
+        self.weights = rng.dirichlet(np.ones(n))
+        self.seed = seed
+
+    def draw(self, n: int, stream: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, stream, n])
+        which = rng.choice(len(self.weights), n, p=self.weights)
+        x = rng.standard_normal((n, self.centres.shape[1]), dtype=np.float32)
+        x *= self.spread[which]
+        x += self.centres[which]
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)  # clip to the unit ball
+        return x
+
+
+def single_ms(indexes: list, queries: np.ndarray) -> list[float]:
+    """Median ms of ``index.query(q, K)`` on single queries for each index, interleaved query by
+    query so that all see the same machine load, after a warm-up."""
+    for q in queries[:WARMUP]:
+        for index in indexes:
+            index.query(q, K)
+    times = np.zeros((len(queries), len(indexes)))
+    for i, q in enumerate(queries):
+        for j, index in enumerate(indexes):
+            t = time.perf_counter()
+            index.query(q, K)
+            times[i, j] = time.perf_counter() - t
+    return [1e3 * float(m) for m in np.median(times, axis=0)]
+
+
+def batch_ms(index, queries: np.ndarray) -> tuple[float, np.ndarray]:
+    """Best-of-REPEAT ms per query of ``index.query(queries, K)``, and its ids."""
+    best = np.inf
+    for _ in range(REPEAT):
+        t = time.perf_counter()
+        ids, _ = index.query(queries, K)
+        best = min(best, time.perf_counter() - t)
+    return 1e3 * best / len(queries), ids
+
+
+@torch.no_grad()
+def norms_ms(exact: ExactIndex) -> float:
+    """Median ms of the item-norm term ``pairwise_squared_distance`` recomputes on every call."""
+    times = []
+    for _ in range(WARMUP + 10):
+        t = time.perf_counter()
+        exact.vectors.pow(2).sum(1)
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times[WARMUP:]))
+
+
+def recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, truth,
+                                                                       strict=True)]))
+
+
+def measure(items: np.ndarray, probe: np.ndarray, evaluate: np.ndarray, trees: int,
+            seed: int, block_mb: int) -> dict:
+    n = len(items)
+    chunk = int(min(1024, max(1, block_mb * 2**20 // (4 * n))))
+    exact = ExactIndex(items, batch_size=chunk)
+    r = {"items": n, "load": os.getloadavg()[0], "exact_chunk": chunk}
+    r["exact_batch_ms"], truth = batch_ms(exact, evaluate)
+    log(f"  exact batch: {r['exact_batch_ms']:.3f} ms/q")
+    t = time.perf_counter()
+    annoy = AnnoyIndex(items, n_trees=trees, seed=seed)
+    r["annoy_build_s"] = time.perf_counter() - t
+    log(f"  annoy build: {r['annoy_build_s']:.1f} s")
+    t = time.perf_counter()
+    r["probe_recall"] = annoy.calibrate(probe, exact, K, TARGET)
+    r["calibrate_s"] = time.perf_counter() - t
+    r["search_k"] = annoy.search_k
+    r["annoy_batch_ms"], got = batch_ms(annoy, evaluate)
+    r["annoy_recall"] = recall(got, truth)
+    r["exact_single_ms"], r["annoy_single_ms"] = single_ms([exact, annoy], evaluate[:SINGLE])
+    r["exact_norms_ms"] = norms_ms(exact)
+    with tempfile.TemporaryDirectory() as tmp:
+        annoy.save(Path(tmp) / "items.ann")
+        r["annoy_file_mb"] = (Path(tmp) / "items.ann").stat().st_size / 2**20
+    log(f"  annoy: search_k {r['search_k']} ({r['calibrate_s']:.1f} s to calibrate), "
+        f"{r['annoy_batch_ms']:.3f} ms/q batch, recall@10 {r['annoy_recall']:.4f}, "
+        f"{r['annoy_file_mb']:.0f} MB; single query: exact {r['exact_single_ms']:.3f} ms "
+        f"(norms {r['exact_norms_ms']:.3f}), annoy {r['annoy_single_ms']:.3f} ms")
+    return r
+
+
+def crossover(sizes: list[int], exact: list[float], annoy: list[float]
+              ) -> tuple[int | None, float | None]:
+    """The smallest size from which Annoy is faster at every larger size (None: never), and
+    where the log-log lines cross between it and the size below (None: it is the smallest)."""
+    first = None
+    for i in reversed(range(len(sizes))):
+        if annoy[i] >= exact[i]:
+            break
+        first = i
+    if not first:
+        return (None if first is None else sizes[0]), None
+    x = np.log(sizes[first - 1:first + 1])
+    gap = np.log(exact[first - 1:first + 1]) - np.log(annoy[first - 1:first + 1])
+    return sizes[first], float(np.exp(x[0] + (x[1] - x[0]) * -gap[0] / (gap[1] - gap[0])))
+
+
+def describe(first: int | None, at: float | None, smallest: int) -> str:
+    if first is None:
+        return "never, up to the largest size measured"
+    if at is None:
+        return f"already at the smallest size measured ({smallest:,})"
+    return f"from {first:,} items on; the log-log lines cross at about {at:,.0f}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def plot(rows: list[dict], path: Path, cross: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["items"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, kind in zip(axes, ("single", "batch"), strict=True):
+        ax.loglog(n, [r[f"exact_{kind}_ms"] for r in rows], "o-", label="exact (torch)")
+        ax.loglog(n, [r[f"annoy_{kind}_ms"] for r in rows], "s-",
+                  label="annoy (calibrated to recall@10 0.98)")
+        ax.axvline(AUTO_ANNOY_ITEMS, color="grey", ls=":",
+                   label=f"AUTO_ANNOY_ITEMS = {AUTO_ANNOY_ITEMS:,}")
+        if cross[f"{kind}_interp"]:
+            ax.axvline(cross[f"{kind}_interp"], color="red", ls="--",
+                       label=f"crossover ~ {cross[f'{kind}_interp']:,.0f}")
+        ax.set_title("one query" if kind == "single" else f"batch of {BATCH} (ms per query)")
+        ax.set_xlabel("items")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("ms per query")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cells(r: dict) -> list[str]:
+    return [f"{r['items']:,}", f"{r['load']:.2f}", f"{r['exact_single_ms']:.3f}",
+            f"{r['exact_norms_ms']:.3f}", f"{r['exact_batch_ms']:.3f}", str(r["exact_chunk"]),
+            f"{r['annoy_build_s']:.1f}", f"{r['search_k']:,}", f"{r['annoy_single_ms']:.3f}",
+            f"{r['annoy_batch_ms']:.3f}", f"{r['annoy_recall']:.4f}", f"{r['annoy_file_mb']:.0f}"]
+
+
+def nice_up(x: float) -> int:
+    """``x`` rounded up to one significant digit."""
+    step = 10 ** int(np.floor(np.log10(x)))
+    return int(np.ceil(x / step) * step)
+
+
+def recommend(rows: list[dict], cross: dict) -> tuple[int | None, str]:
+    """The constant the single-query crossover supports, and the verdict on the current one."""
+    if cross["single"] is None:
+        return None, (f"Annoy never stays faster for one query up to {rows[-1]['items']:,} "
+                      f"items: `AUTO_ANNOY_ITEMS` should be at least that")
+    if cross["single_interp"] is None:
+        return rows[0]["items"], (f"Annoy is faster for one query already at "
+                                  f"{rows[0]['items']:,} items, the smallest size measured: "
+                                  f"`AUTO_ANNOY_ITEMS` should be at most that")
+    rec = nice_up(cross["single_interp"])
+    verdict = ("too high" if rec < AUTO_ANNOY_ITEMS / 2 else
+               "too low" if rec > 2 * AUTO_ANNOY_ITEMS else "about right")
+    return rec, (f"`AUTO_ANNOY_ITEMS` = **{rec:,}** (the single-query crossover "
+                 f"{cross['single_interp']:,.0f}, rounded up); the current {AUTO_ANNOY_ITEMS:,} "
+                 f"is **{verdict}**")
+
+
+def interpret(rows: list[dict], cross: dict) -> str:
+    lo, hi = rows[0], rows[-1]
+    rec, verdict = recommend(rows, cross)
+    near = min(rows, key=lambda r: abs(np.log(r["items"] / AUTO_ANNOY_ITEMS)))
+    recalls = [r["annoy_recall"] for r in rows]
+    batch = describe(cross["batch"], cross["batch_interp"], lo["items"])
+    comment = ("holds" if cross["batch"] is None or (cross["batch_interp"] or lo["items"])
+               >= AUTO_ANNOY_ITEMS / 2 else "does not hold")
+    return f"""
+## Interpretation
+
+- The package queries its index one vector at a time: `Recommender.recommend` loops over the
+  users and `similar_items` asks for one item, both through `_nearest`. So the single-query
+  columns are the ones `index="auto"` should follow; the batch columns show what exact scoring
+  would cost if the package scored users in batches (Annoy gains nothing from a batch:
+  `AnnoyIndex.query` loops over it).
+- Exact single-query time grows linearly with the catalogue ({lo['exact_single_ms']:.2f} ms at
+  {lo['items']:,} items, {hi['exact_single_ms']:.1f} ms at {hi['items']:,}); much of it is the
+  item-norm term (`of which norms ms`): `pairwise_squared_distance` squares and sums every item
+  vector on every call, into a temporary as large as the catalogue. Annoy's grows slowly
+  ({lo['annoy_single_ms']:.2f} -> {hi['annoy_single_ms']:.2f} ms, `search_k`
+  {lo['search_k']:,} -> {hi['search_k']:,}), at recall@10 {min(recalls):.3f}-{max(recalls):.3f}.
+- Near the current constant ({near['items']:,} items) one query takes {near['exact_single_ms']:.2f}
+  ms exact and {near['annoy_single_ms']:.2f} ms with Annoy
+  ({near['exact_single_ms'] / near['annoy_single_ms']:.1f}x).
+- Annoy misses {1 - max(recalls):.1%}-{1 - min(recalls):.1%} of the true top 10, so where the two
+  are about as fast exact is the better choice; the constant belongs at the single-query
+  crossover, rounded up, where Annoy's saving starts to matter and its build
+  ({next((r['annoy_build_s'] for r in rows if r['items'] >= (rec or 0)), hi['annoy_build_s']):.1f}
+  s there) is small.
+- Measurements support {verdict}.
+- With batches of {BATCH}, Annoy is faster {batch}: the reason the comment in
+  `index.py` gives ("below it, exact batched scoring is as fast per query") {comment} for the
+  batch columns either.
+"""
+
+
+def write_md(path: Path, rows: list[dict], cross: dict, meta: dict) -> None:
+    table = "\n".join([header(COLUMNS[:1], COLUMNS[1:]), *(row(cells(r)) for r in rows)])
+    smallest = rows[0]["items"]
+    path.write_text(f"""# Nearest-item index: exact vs Annoy against catalogue size
+
+Command: `{meta['command']}`
+
+Date: {meta['date']}. Machine: 2 cores ({meta['cpu']}), shared with another engineer's work
+(load average {meta['load_before']} before, {meta['load_after']} after; `load` below: the
+1-minute load average as each size started), torch threads {meta['torch_threads']}, Annoy built
+with `n_jobs=1`. Python {meta['python']}, torch {meta['torch']}, annoy {meta['annoy']}, numpy
+{meta['numpy']}.
+
+Data (seed {meta['seed']}): {meta['dim']}-d float32 item vectors like a trained CML model's, a
+mixture of 100 Gaussian clusters of unequal weight and spread, clipped to the unit ball; query
+users drawn from the same clusters. Annoy: {meta['trees']} trees, `search_k` calibrated on
+{PROBE} probe users to recall@10 {TARGET} (`AnnoyIndex.calibrate`, as
+`Recommender._build_index` does); the recall@10 below is on {BATCH} other users. Single query:
+median of {SINGLE} queries (after {WARMUP} warm-up), exact and Annoy interleaved query by query.
+Batch: {BATCH} queries in one `query` call, best of {REPEAT}, ms per query; the exact index scores
+them `exact chunk` rows at a time (the package's 1024, fewer where one `[chunk, items]` float32
+block would pass {meta['block_mb']} MB). `of which norms ms`: the item-norm term alone
+(`vectors.pow(2).sum(1)`), recomputed on every exact query.
+
+{table}
+
+![latency](index.png)
+
+## Crossover
+
+- One query: Annoy is faster {describe(cross['single'], cross['single_interp'], smallest)}.
+- Batch of {BATCH}: Annoy is faster {describe(cross['batch'], cross['batch_interp'], smallest)}.
+{interpret(rows, cross)}""")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,30000,100000,300000,1000000,2000000",
+                    help="catalogue sizes, comma-separated")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--trees", type=int, default=50, help="Annoy n_trees (package default 50)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--block-mb", type=int, default=1024,
+                    help="largest [chunk, items] float32 block of the exact batch, MB")
+    ap.add_argument("--out-dir", type=Path, help="write index.md, index.json, index.png here")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    clusters = Clusters(args.dim, args.seed)
+    queries = clusters.draw(PROBE + BATCH, stream=2)
+    probe, evaluate = queries[:PROBE], queries[PROBE:]
+    rows = []
+    for n in sizes:
+        log(f"{n:,} items (load {os.getloadavg()[0]:.2f})")
+        items = clusters.draw(n, stream=1)
+        rows.append(measure(items, probe, evaluate, args.trees, args.seed, args.block_mb))
+        del items
+        gc.collect()
+
+    cross = {}
+    for kind in ("single", "batch"):
+        cross[kind], cross[f"{kind}_interp"] = crossover(
+            sizes, [r[f"exact_{kind}_ms"] for r in rows], [r[f"annoy_{kind}_ms"] for r in rows])
+
+    width = [max(len(c), 9) for c in COLUMNS]
+    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, width, strict=True)))
+    for r in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(cells(r), width, strict=True)))
+    print(f"one query: Annoy faster {describe(cross['single'], cross['single_interp'], sizes[0])}")
+    print(f"batch: Annoy faster {describe(cross['batch'], cross['batch_interp'], sizes[0])}")
+    print(f"supported: {recommend(rows, cross)[1]}")
+
+    def col(key: str, digits: int = 4) -> list:
+        return [round(r[key], digits) for r in rows]
+
+    headline = {"sizes": sizes, "exact_single_ms": col("exact_single_ms"),
+                "exact_batch_ms": col("exact_batch_ms"),
+                "annoy_single_ms": col("annoy_single_ms"),
+                "annoy_batch_ms": col("annoy_batch_ms"), "annoy_recall@10": col("annoy_recall"),
+                "annoy_build_s": col("annoy_build_s", 1), "search_k": col("search_k"),
+                "annoy_file_mb": col("annoy_file_mb", 1),
+                "crossover_single": cross["single"], "crossover_batch": cross["batch"],
+                "crossover_single_interp": cross["single_interp"] and round(cross["single_interp"]),
+                "crossover_batch_interp": cross["batch_interp"] and round(cross["batch_interp"]),
+                "recommended_auto_annoy_items": recommend(rows, cross)[0]}
+    if args.out_dir:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"command": shlex.join(["python", "experiments/bench_index.py", *sys.argv[1:]]),
+                "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
+                "load_before": load_before,
+                "load_after": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+                "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                "torch": torch.__version__, "annoy": version("annoy"), "numpy": np.__version__,
+                "seed": args.seed, "dim": args.dim, "trees": args.trees,
+                "block_mb": args.block_mb}
+        write_md(args.out_dir / "index.md", rows, cross, meta)
+        (args.out_dir / "index.json").write_text(json.dumps(
+            {"meta": meta, "rows": rows, "headline": headline}, indent=1) + "\n")
+        plot(rows, args.out_dir / "index.png", cross)
+    print(json.dumps(headline))
+    return headline
+
+
+if __name__ == "__main__":
+    main()
