@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q triton==3.7.1
 	$(BIN)/pip install -q -e ".[test]"
+	# Compile and cache the training kernels now, so the first `train` starts at once.
+	$(BIN)/python -m recsys_metric.warmup
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,14 +18,43 @@ from .device import resolve_device
 from .reading import read_item_names, read_ratings
 from .train import TIME_BLIND, ConfigWarning, TimeOrderWarning, TrainConfig
 
-# Flags that map one-to-one onto TrainConfig fields.
+# Flags that map one-to-one onto TrainConfig fields, with their help (the default is appended
+# from TrainConfig, the allowed values from the choices).
 TRAIN_FLAGS = {
-    "dim": int, "margin": float, "n_negatives": int, "epochs": int, "batch_size": int,
-    "lr": float, "optimizer": str, "clip_norm": float, "init_norm": float, "cov_weight": float,
-    "seed": int, "device": str, "backend": str, "patience": int, "lanes": int,
-    "average_last": int, "recent_share": float, "recent_visits": int, "recent_pull": float,
-    "pull_decay": float, "transitions": int, "loss": str, "distance": str, "sampler": str,
-    "negative_weight": float, "temperature": float,
+    "dim": (int, "dimensions of the space"),
+    "margin": (float, "margin of the triplet and contrastive losses (squared distance units)"),
+    "n_negatives": (int, "triplet: U candidates per pair, the hardest kept (default: 1%% of the "
+                         "items within [10, 100]); contrastive/softmax: N negatives (default "
+                         "100)"),
+    "epochs": (int, "passes over the interactions (with --patience: at most)"),
+    "batch_size": (int, "pairs whose negatives are drawn against the same tables"),
+    "lr": (float, "learning rate"),
+    "optimizer": (str, "adagrad: per coordinate; adagrad_row: one accumulator per row"),
+    "clip_norm": (float, "rows are kept in the ball of this radius; <= 0: no clip"),
+    "init_norm": (float, "expected norm of the rows at the start"),
+    "cov_weight": (float, "CML's covariance regulariser (torch loop only)"),
+    "seed": (int, "random seed: same seed, same model"),
+    "device": (str, "auto, cpu, cuda or cuda:N"),
+    "backend": (str, "negative sampler and loop: auto picks the fused CPU loop on CPU, Triton "
+                     "on CUDA"),
+    "patience": (int, "> 0: stop when validation NDCG@10 has not improved for this many "
+                      "epochs, then refit on everything for the best number"),
+    "lanes": (int, "fused CPU loop: parallel streams (the model depends on it, not on threads)"),
+    "average_last": (int, "the model is the mean of the last this-many epochs' tables; 0: the "
+                          "last epoch's"),
+    "recent_share": (float, "share of each user's history (the latest) visited again; 0: off"),
+    "recent_visits": (int, "visits per epoch of that latest share"),
+    "recent_pull": (float, "after training, each user moves this share toward their latest "
+                           "items; 0: off (needs timestamps)"),
+    "pull_decay": (float, "weight of each older item in the pull (the newest weighs 1)"),
+    "transitions": (int, "items' context rows: what followed each item within this many "
+                         "steps; 0: off (needs timestamps)"),
+    "loss": (str, "triplet (hardest of U, WARP weight), contrastive (CCL) or softmax "
+                  "(sampled, log-Q corrected)"),
+    "distance": (str, "euclidean (squared) or cosine (contrastive and softmax)"),
+    "sampler": (str, "how contrastive/softmax negatives are drawn: uniform or popularity"),
+    "negative_weight": (float, "contrastive: weight of the negatives' mean violation"),
+    "temperature": (float, "softmax temperature"),
 }
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "books"
 MODELS_HELP = ("comma-separated, from cml, popularity, als, bpr, als-recency (implicit ALS "
@@ -48,8 +77,10 @@ def _add_data_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("ratings", nargs="?" if optional else None,
                    help="ratings file: CSV/TSV with or without header, '::', Parquet"
                         + (" (or give --train and --test)" if optional else ""))
-    p.add_argument("--user-col"), p.add_argument("--item-col")
-    p.add_argument("--rating-col"), p.add_argument("--time-col")
+    for what in ("user", "item", "rating", "time"):
+        p.add_argument(f"--{what}-col", metavar="NAME",
+                       help=f"name of the {what} column (found among common names when "
+                            "omitted)")
     p.add_argument("--sep", help="field separator (sniffed when omitted)")
     p.add_argument("--min-rating", type=float,
                    help="keep only rows rated at least this (default: every row counts)")
@@ -58,8 +89,18 @@ def _add_data_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: TrainConfig)")
     g.add_argument("--config", help="JSON file of TrainConfig fields; flags below override it")
-    for name, typ in TRAIN_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name)
+    from .losses import DISTANCES, LOSSES
+    from .sampling import BACKENDS
+    from .train import OPTIMIZERS, SAMPLERS
+
+    choices = {"optimizer": OPTIMIZERS, "loss": LOSSES, "distance": DISTANCES,
+               "sampler": SAMPLERS, "backend": BACKENDS}
+    defaults = TrainConfig()
+    for name, (typ, what) in TRAIN_FLAGS.items():
+        default = getattr(defaults, name)
+        tail = "" if default is None else f" (default {default})"
+        g.add_argument("--" + name.replace("_", "-"), type=typ, dest=name,
+                       choices=choices.get(name), help=what + tail)
     g.add_argument("--no-rank-weight", action="store_true", help="plain hinge, no WARP weight")
     g.add_argument("--shared-negatives", action="store_true",
                    help="contrastive/softmax: one set of --n-negatives per batch, shared by its "
@@ -232,35 +273,133 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_items(model, ids, scores, as_json: bool, key: str, raw: str) -> None:
-    items = [{"item": str(i), "score": float(s)} for i, s in zip(ids, scores, strict=True)]
-    for it in items:
-        name = model.item_name(it["item"])
-        if name is not None:
-            it["name"] = name
+SCORE_NOTE = ("score: minus the squared distance between the points (higher is closer; 0 "
+              "would be the same point)")
+
+
+def _ids(values: list[str] | None) -> list[str]:
+    """Ids from repeated flags, each maybe a comma-separated list."""
+    return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
+
+
+def _print_items(model, ids, scores, as_json: bool, key: str, raw, because=None) -> None:
+    from .recommender import items_json
+
+    items = items_json(model, ids, scores, because)
     if as_json:
-        print(json.dumps({key: str(raw), "items": items}, ensure_ascii=False))
+        print(json.dumps({key: raw, "items": items}, ensure_ascii=False))
         return
     for rank, it in enumerate(items, 1):
         print(f"{rank:3d}. {it['item']:>10}  {it['score']:+.4f}  {it.get('name', '')}")
+        if "because" in it:
+            print("       because you liked " + ", ".join(
+                f"{b.get('name', b['item'])} ({b['distance']:.3f})" for b in it["because"]))
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from .recommender import Recommender
 
+    users, new_items = _ids(args.user), _ids(args.items)
+    if args.users_file:
+        users += _read_ids(args.users_file)
+    if args.out:
+        _check_new_file(args.out, "--out")
     model = Recommender.load(args.model)
-    ids, scores = model.recommend(args.user, N=args.k,
-                                  filter_already_liked_items=not args.keep_liked)
-    _print_items(model, ids, scores, args.json, "user", args.user)
+    if args.all:
+        users = list(model.users_.ids)
+    if not users and not new_items:
+        raise ValueError("recommend: give --user ID[,ID...], --users-file F, --all, or --items "
+                         "(a new user's items)")
+    keep = dict(N=args.k, filter_already_liked_items=not args.keep_liked)
+    if args.out or (len(users) > 1 and not args.json):
+        frame = model.recommend_frame(users, **keep, show_progress=not args.quiet,
+                                      explain=args.explain)
+        if not args.out:
+            print(frame.to_csv(index=False), end="")
+            return 0
+        _write_frame(frame, args.out)
+        print(f"{len(frame)} recommendations for {len(users)} users written to {args.out} "
+              f"(columns {', '.join(frame.columns)}; {SCORE_NOTE})", file=sys.stderr)
+        return 0
+    if len(users) > 1:  # JSON lines, one object per user
+        all_ids, all_scores = model.recommend(users, **keep, show_progress=not args.quiet)
+        for user, ids, scores in zip(users, all_ids, all_scores, strict=True):
+            ids, scores = ids[ids != ""], scores[ids != ""]
+            because = [model.explain(user, i) for i in ids] if args.explain else None
+            _print_items(model, ids, scores, True, "user", user, because)
+        return 0
+    user = users[0] if users else None
+    extra = new_items or None
+    ids, scores = model.recommend(user, **keep, user_items=extra,
+                                  recalculate_user=user is not None and extra is not None)
+    because = ([model.explain(user, i, user_items=extra) for i in ids] if args.explain
+               else None)
+    if not args.json:
+        who = (f"user {user}" + (f" with {len(extra)} new items" if extra else "") if user
+               else f"a new user with {len(extra)} items (folded in)")
+        print(f"top {len(ids)} for {who}; {SCORE_NOTE}")
+    _print_items(model, ids, scores, args.json, "user", user, because)
     return 0
+
+
+def _read_ids(path: str) -> list[str]:
+    """One id per line (blank lines skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the users file: {e}") from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{path}: no user ids (one per line)")
+    return ids
+
+
+def _check_new_file(path: str, flag: str) -> None:
+    """Output files are new: a file already there is the user's, never overwritten."""
+    if Path(path).suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: {flag} must end in .csv or .parquet")
+    if Path(path).exists():
+        raise ValueError(f"{path}: {flag} exists already; give a new path")
+
+
+def _write_frame(frame, path: str) -> None:
+    """CSV or Parquet by suffix, through a temporary file renamed into place: a path holds the
+    whole file or nothing."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        if target.suffix.lower() == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        os.link(tmp, target)  # fails, rather than overwrite, if the path appeared meanwhile
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
     from .recommender import Recommender
 
+    items = _ids(args.item)
+    if not items:
+        raise ValueError("similar: give --item ID[,ID...]")
     model = Recommender.load(args.model)
-    ids, scores = model.similar_items(args.item, N=args.k)
-    _print_items(model, ids, scores, args.json, "item", args.item)
+    query = items[0] if len(items) == 1 else items
+    ids, scores = model.similar_items(query, N=args.k)
+    if not args.json:
+        named = ", ".join(f"{i} ({model.item_name(i)})" if model.item_name(i) else i
+                          for i in items)
+        print(f"top {len(ids)} similar to {'the basket ' if len(items) > 1 else ''}{named}; "
+              f"{SCORE_NOTE}")
+    _print_items(model, ids, scores, args.json, "item", query)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args.model, host=args.host, port=args.port)
     return 0
 
 
@@ -465,21 +604,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--items", help="item catalogue with names (items.csv, movies.csv, u.item)")
-    p.add_argument("--index", default="auto", choices=("auto", "exact", "annoy"))
+    p.add_argument("--index", default="auto", choices=("auto", "exact", "annoy"),
+                   help="top-k search the model serves with: exact, Annoy, or auto (Annoy above "
+                        "a measured catalogue size; default)")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    for name, what, func in (("recommend", "user", cmd_recommend),
-                             ("similar", "item", cmd_similar)):
-        p = sub.add_parser(name, help=f"top-k items for a {what} id")
-        p.add_argument("model", help="model directory written by 'train'")
-        p.add_argument(f"--{what}", required=True, help=f"raw {what} id, as in the ratings file")
-        p.add_argument("-k", type=_positive, default=10, help="how many items (default 10)")
-        p.add_argument("--json", action="store_true", help="print one JSON object")
-        if what == "user":
-            p.add_argument("--keep-liked", action="store_true",
-                           help="do not filter items the user already has")
-        p.set_defaults(func=func)
+    p = sub.add_parser("recommend", help="top-k items for users, or for a new user's items")
+    p.add_argument("model", help="model directory written by 'train'")
+    p.add_argument("--user", action="append", metavar="ID[,ID...]",
+                   help="raw user id(s) as in the ratings file; repeat or separate by commas")
+    p.add_argument("--users-file", metavar="F", help="user ids, one per line")
+    p.add_argument("--all", action="store_true", help="every user of the model")
+    p.add_argument("--items", action="append", metavar="ID[,ID...]",
+                   help="a new user's items, oldest first (folded into the model's space); "
+                        "with one --user, items that user has newly taken")
+    p.add_argument("-k", type=_positive, default=10, help="how many items (default 10)")
+    p.add_argument("--keep-liked", action="store_true",
+                   help="do not filter items the user already has")
+    p.add_argument("--explain", action="store_true",
+                   help="name, for each item, the user's liked items nearest to it")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per user (DESIGN.md contract)")
+    p.add_argument("--out", metavar="recs.csv|recs.parquet",
+                   help="write a table (user, rank, item, score, name) to this new file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("similar", help="top-k items nearest to an item or a basket of items")
+    p.add_argument("model", help="model directory written by 'train'")
+    p.add_argument("--item", action="append", required=True, metavar="ID[,ID...]",
+                   help="raw item id; several (repeated or comma-separated) are a basket")
+    p.add_argument("-k", type=_positive, default=10, help="how many items (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("evaluate", help="CML vs peers on one split, full ranking")
     _add_data_args(p, optional=True)
@@ -540,6 +698,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     _add_train_args(p)  # base config; a tuned parameter given as a flag is fixed
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: /recommend, /similar, /health")
+    p.add_argument("model", help="model directory written by 'train'")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1;"
+                                                       " 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=_positive, default=8000, help="TCP port (default 8000)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train on the bundled books data, recommend, evaluate")
     p.add_argument("--out", default="models/books", help="where to save the demo model")

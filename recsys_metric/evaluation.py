@@ -240,7 +240,7 @@ def evaluate_ranking(
     if show_progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="evaluate", unit="batch")
+        starts = tqdm(starts, desc="evaluate", unit="batch", disable=None)  # terminal only
     for s in starts:
         u = users[s : s + batch_size]
         b = len(u)

@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,6 +20,9 @@ from .index import AnnoyIndex, ExactIndex, resolve_index
 from .model import pairwise_squared_distance
 from .split import validation_split
 from .train import TimeOrderWarning, TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMAT = 2  # of config.json; 1: before manifests
 # Users scored per block in batch serving: a progress bar's step, the index blocks within it.
@@ -181,6 +185,30 @@ class Recommender:
         ids, scores = self._search(vectors, N, exclude, items, show_progress)
         raw = self._raw_items(ids)
         return (raw[0][ids[0] >= 0], scores[0][ids[0] >= 0]) if single else (raw, scores)
+
+    def recommend_frame(self, users: Sequence[object], N: int = 10,
+                        filter_already_liked_items: bool = True,
+                        filter_items: Sequence[object] | None = None, show_progress: bool = False,
+                        explain: bool = False) -> pd.DataFrame:
+        """:meth:`recommend` for many users as a table: one row per (user, rank), columns
+        ``user, rank, item, score, name`` (rank from 1; name empty where unknown), and with
+        ``explain`` a ``because`` column: the user's liked items nearest to the item
+        (:meth:`explain`), joined by ``|``."""
+        import pandas as pd
+
+        users = [str(u) for u in users]
+        ids, scores = self.recommend(users, N, filter_already_liked_items, filter_items,
+                                     show_progress=show_progress)
+        keep = ids != ""
+        rows, ranks = np.nonzero(keep)
+        frame = pd.DataFrame({
+            "user": np.asarray(users, dtype=object)[rows], "rank": ranks + 1,
+            "item": ids[keep], "score": scores[keep],
+            "name": [self.item_names_.get(i, "") for i in ids[keep]]})
+        if explain:
+            frame["because"] = ["|".join(self.explain(u, i)[0])
+                                for u, i in zip(frame["user"], frame["item"], strict=True)]
+        return frame
 
     def similar_items(self, item: object | Sequence[object], N: int = 10,
                       filter_items: Sequence[object] | None = None,
@@ -472,6 +500,22 @@ class Recommender:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def items_json(model: Recommender, ids: np.ndarray, scores: np.ndarray,
+               because: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[dict]:
+    """A ranked list as the JSON contract's items (DESIGN.md): ``{"item", "score", "name"}``
+    (``name`` where the model knows it), with ``because`` (:meth:`Recommender.explain`'s
+    answers, one per item) ``[{"item", "distance", "name"}, ...]``."""
+    def named(d: dict) -> dict:
+        name = model.item_names_.get(d["item"])
+        return d if name is None else {**d, "name": name}
+
+    out = [named({"item": str(i), "score": float(s)}) for i, s in zip(ids, scores, strict=True)]
+    for it, (b_ids, b_dist) in zip(out, because or (), strict=False):
+        it["because"] = [named({"item": str(i), "distance": float(d)})
+                         for i, d in zip(b_ids, b_dist, strict=True)]
+    return out
 
 
 def _is_id(x) -> bool:

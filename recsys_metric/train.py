@@ -428,7 +428,9 @@ class Trainer:
         best, best_state, waited = -1.0, None, 0
         tail = _TailMean(model, cfg.average_last)
         t0 = time.perf_counter()
-        bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not self.show_progress)
+        # disable=None: a bar on a terminal only, never 6 KB of carriage returns in a log file
+        bar = tqdm(range(cfg.epochs), desc="train", unit="epoch",
+                   disable=None if self.show_progress else True)
         for epoch in bar:
             t = time.perf_counter()
             loss, active = epoch_fn(epoch)
@@ -480,9 +482,11 @@ class Trainer:
         return np.random.default_rng((self.config.seed, epoch)).permutation(nnz)
 
     def _fused_cpu_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
-        from .sampling import cpu_many, cpu_train
+        from .sampling import cpu, cpu_many, cpu_train, strata
+        from .warmup import compile_notice
 
         cfg = self.config
+        compile_notice((cpu_train if cfg.loss == "triplet" else cpu_many, strata, cpu))
         # numpy views share memory with the torch tables: the kernel updates them in place.
         user_emb, item_emb = model.users.weight.data.numpy(), model.items.weight.data.numpy()
         pairs = cpu_train.prepare_pairs(train.indptr, train.indices, *self._pairs(train),
