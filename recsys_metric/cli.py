@@ -305,8 +305,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.out:
         _check_new_file(args.out, "--out")
     model = Recommender.load(args.model)
-    if args.all:
-        users = list(model.users_.ids)
+    users = list(model.users_.ids) if args.all else list(dict.fromkeys(users))
     if not users and not new_items:
         raise ValueError("recommend: give --user ID[,ID...], --users-file F, --all, or --items "
                          "(a new user's items)")
