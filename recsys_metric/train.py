@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import sampling, time_order
+from .checkpoint import Checkpoint, fingerprint, restore, state_of
 from .data import Interactions
 from .device import check_device_name, resolve_device
 from .losses import DISTANCES, LOSSES, CovarianceLoss, loss_terms, rank_weight, surrogate
@@ -369,12 +371,20 @@ class Trainer:
         self.valid_metrics = list(valid_metrics)
 
     def fit(self, train: Interactions | sp.csr_matrix,
-            valid: Interactions | sp.csr_matrix | None = None) -> TrainResult:
+            valid: Interactions | sp.csr_matrix | None = None,
+            init: tuple[np.ndarray, np.ndarray] | None = None,
+            checkpoint: str | Path | None = None) -> TrainResult:
         """Train on ``train``. From :class:`Interactions`: each user's ``recent_share`` latest
         pairs visited ``recent_visits`` times per epoch (by file order without timestamps); with
         timestamps also the items' context rows (``transitions``) and, after training, the pull
         of each user toward their latest items (``recent_pull``). A bare matrix: every pair
-        once, nothing else."""
+        once, nothing else.
+
+        ``init``: ``(user_rows, item_rows)`` to start from (a warm start), one row per user and
+        item of ``train``; rows of NaN (new ids) start as a cold fit's do.
+        ``checkpoint``: a file written atomically after every epoch (:mod:`.checkpoint`); a fit
+        that finds one of the same config and data resumes after its last epoch, and ends with
+        the tables the uninterrupted fit would have."""
         cfg = self.config
         again = None  # entries visited again in each epoch, once per extra visit
         pull = _no_pull
@@ -416,20 +426,37 @@ class Trainer:
         self.n_negatives = cfg.negatives_for(n_items)
         gen = torch.Generator().manual_seed(cfg.seed)
         model = CML(rows.shape[0], n_items, cfg.dim, cfg.clip_norm, gen, cfg.init_norm,
-                    cfg.distance).to(dev)
+                    cfg.distance)
+        if init is not None:
+            _warm_start(model, *init)
+        model = model.to(dev)
         backend = sampling.resolve_backend(cfg.backend, dev)
         fused_cpu = (backend == "cpu" and cfg.optimizer in ("adagrad", "adagrad_row")
                      and cfg.cov_weight == 0)
-        epoch_fn = (self._fused_cpu_epoch if fused_cpu else self._torch_epoch)(
+        epoch_fn, loop_state = (self._fused_cpu_epoch if fused_cpu else self._torch_epoch)(
             model, rows, backend)
 
         result = TrainResult(np.empty(0), np.empty(0), loop="fused-cpu" if fused_cpu
                              else f"torch+{backend}")
         best, best_state, waited = -1.0, None, 0
         tail = _TailMean(model, cfg.average_last)
+        start, stopped = 0, False
+        ckpt = None
+        if checkpoint is not None:
+            ckpt = Checkpoint(checkpoint, fingerprint(
+                cfg.to_dict(), rows, [None if valid is None else valid.nnz, init is not None]))
+            saved = ckpt.load()
+            if saved is not None:  # resume after the saved epoch
+                model.load_state_dict(saved["model"])
+                restore(loop_state, saved["loop"])
+                tail.tables.extend(saved["tail"])
+                best, waited, best_state = saved["best"], saved["waited"], saved["best_state"]
+                result.best_epoch, result.history = saved["best_epoch"], saved["history"]
+                start, stopped = saved["epoch"], saved["stopped"]
         t0 = time.perf_counter()
         # disable=None: a bar on a terminal only, never 6 KB of carriage returns in a log file
-        bar = tqdm(range(cfg.epochs), desc="train", unit="epoch",
+        bar = tqdm(range(start, cfg.epochs if not stopped else start), desc="train",
+                   unit="epoch", initial=start, total=cfg.epochs,
                    disable=None if self.show_progress else True)
         for epoch in bar:
             t = time.perf_counter()
@@ -457,7 +484,13 @@ class Trainer:
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
                              if k in ("loss", "triplets_per_s", "val_NDCG@10")})
             stop = any(cb(epoch + 1, logs) for cb in self.callbacks)
-            if stop or (cfg.patience and waited >= cfg.patience):
+            stop = stop or bool(cfg.patience and waited >= cfg.patience)
+            if ckpt is not None:
+                ckpt.save({"epoch": epoch + 1, "stopped": stop, "model": model.state_dict(),
+                           "loop": state_of(loop_state), "tail": list(tail.tables),
+                           "best": best, "waited": waited, "best_state": best_state,
+                           "best_epoch": result.best_epoch, "history": result.history})
+            if stop:
                 break
         if cfg.patience and best_state is not None:
             model.load_state_dict(best_state)
@@ -482,11 +515,12 @@ class Trainer:
         return np.random.default_rng((self.config.seed, epoch)).permutation(nnz)
 
     def _fused_cpu_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
-        from .sampling import cpu, cpu_many, cpu_train, strata
+        from .sampling import cpu_many, cpu_train
         from .warmup import compile_notice
 
         cfg = self.config
-        compile_notice((cpu_train if cfg.loss == "triplet" else cpu_many, strata, cpu))
+        compile_notice(cpu_train._train_kernel if cfg.loss == "triplet"
+                       else cpu_many._many_kernel)
         # numpy views share memory with the torch tables: the kernel updates them in place.
         user_emb, item_emb = model.users.weight.data.numpy(), model.items.weight.data.numpy()
         pairs = cpu_train.prepare_pairs(train.indptr, train.indices, *self._pairs(train),
@@ -512,7 +546,7 @@ class Trainer:
                     negative_weight=cfg.negative_weight, temperature=cfg.temperature, **common)
             return loss_sum / len(pairs), int(active)
 
-        return run
+        return run, {"user_acc": user_acc, "item_acc": item_acc}
 
     def _torch_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
         cfg = self.config
@@ -550,7 +584,21 @@ class Trainer:
                 active += ((c_pos != 0) | (c_neg != 0).any(1)).sum()
             return float(total) / n_pairs, int(active)
 
-        return run
+        return run, {"optimizer": opt, "negatives": draw.gen}
+
+
+def _warm_start(model: CML, users: np.ndarray, items: np.ndarray) -> None:
+    """Copy the finite rows of ``users`` and ``items`` over the first rows of the tables."""
+    with torch.no_grad():
+        for table, rows in ((model.users, users), (model.items, items)):
+            rows = torch.as_tensor(np.asarray(rows, dtype=np.float32))
+            if rows.ndim != 2 or rows.shape[1] != table.weight.shape[1]:
+                raise ValueError(f"warm start: rows of shape {tuple(rows.shape)} for a table of "
+                                 f"dimension {table.weight.shape[1]}")
+            n = min(len(rows), table.weight.shape[0])
+            known = torch.isfinite(rows[:n]).all(1)
+            table.weight[:n][known] = rows[:n][known]
+    model.clip_()
 
 
 def make_optimizer(model: CML, cfg: TrainConfig) -> torch.optim.Optimizer:

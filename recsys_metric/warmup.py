@@ -16,25 +16,17 @@ from pathlib import Path
 import numpy as np
 
 
-def uncached(modules) -> list[str]:
-    """Names of the cached numba kernels of ``modules`` with no on-disk cache index and no
-    compiled signature in this process: what the next call will compile."""
-    from numba.core.registry import CPUDispatcher
-
-    out = []
-    for mod in modules:
-        for name, obj in vars(mod).items():
-            if not isinstance(obj, CPUDispatcher) or obj.signatures:
-                continue
-            cache_file = getattr(obj._cache, "_cache_file", None)  # NullCache: not cached
-            if cache_file is not None and not Path(cache_file._index_path).exists():
-                out.append(f"{mod.__name__}.{name}")
-    return out
+def cached(kernel) -> bool:
+    """Whether numba ``kernel`` (a dispatcher with ``cache=True``) is compiled in this process
+    or has an on-disk cache index: False means its next call compiles."""
+    cache_file = getattr(kernel._cache, "_cache_file", None)  # NullCache: never cached
+    return bool(kernel.signatures) or (cache_file is not None
+                                       and Path(cache_file._index_path).exists())
 
 
-def compile_notice(modules) -> None:
-    """One line on stderr when the kernels of ``modules`` are about to compile."""
-    if uncached(modules):
+def compile_notice(kernel) -> None:
+    """One line on stderr when the training ``kernel`` is about to compile."""
+    if not cached(kernel):
         print("recsys-metric: compiling the fused training kernels for this machine (once: "
               "about a minute, then cached)...", file=sys.stderr, flush=True)
 
