@@ -152,14 +152,15 @@ class Interactions:
 
     @classmethod
     def from_matrix(cls, matrix: sp.spmatrix, source: str = "<matrix>") -> Interactions:
-        """From a users x items sparse matrix, as implicit takes one: every stored nonzero entry
-        is an interaction, user and item ids are the row and column numbers (``"0"``, ``"1"``,
-        ...; every row and column kept), no timestamps."""
+        """From a users x items sparse matrix, as implicit takes one: every stored positive entry
+        is an interaction (implicit reads a negative one as a dislike, so it is left out here
+        too), user and item ids are the row and column numbers (``"0"``, ``"1"``, ...; every row
+        and column kept), no timestamps."""
         if not sp.issparse(matrix) or matrix.ndim != 2:
             raise ValueError(f"expected a 2-d scipy sparse users x items matrix, got "
                              f"{type(matrix).__name__}")
         coo = matrix.tocoo()
-        keep = coo.data != 0
+        keep = coo.data > 0
         n_users, n_items = matrix.shape
         return cls._build(IdMap(np.arange(n_users).astype(str)),
                           IdMap(np.arange(n_items).astype(str)), coo.row[keep].astype(np.int64),

@@ -19,15 +19,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import sampling
 from .losses import DISTANCE_FNS, loss_terms, rank_weight
 from .model import pull_to_latest, unit_rows
+from .sampling import reference
 
 # Adagrad steps per fold-in (at the model's learning rate). On the bundled books, folding every
 # train user back in from their items gives top-10 lists that share 84% of the trained ones from
 # the mean of the items (and the pull) alone, 86-88% after 10 to 100 steps: 10 it is, a few
 # milliseconds a user (tests/test_foldin.py holds the overlap).
 STEPS = 10
+BLOCK_ROWS = 1024  # rows folded in together (their draws held at once)
 
 
 def fold_in(table: np.ndarray, rows: Sequence[np.ndarray], config, steps: int = STEPS,
@@ -36,59 +37,70 @@ def fold_in(table: np.ndarray, rows: Sequence[np.ndarray], config, steps: int = 
     oldest first), fitted with ``config``'s loss, distance, margin, negatives, learning rate and
     clip (a :class:`~recsys_metric.train.TrainConfig`). ``pull`` > 0 then moves each point that
     share toward its latest entries (weights ``config.pull_decay ** r``, ``r`` = 0 the newest), as
-    training does for users with timestamps. A row with no entries gets the origin."""
-    cfg = config
-    n_rows = len(rows)
-    n_items = len(table)
+    training does for users with timestamps. A row with no entries gets the origin.
+
+    A row's negatives are drawn from a generator seeded by the config's seed and the row's
+    entries, so its point does not depend on the other rows folded in with it."""
     items = torch.as_tensor(np.ascontiguousarray(table, dtype=np.float32))
-    deg = np.array([len(r) for r in rows], dtype=np.int64)
-    flat = (np.concatenate([np.asarray(r, np.int64) for r in rows]) if deg.sum()
-            else np.empty(0, np.int64))
-    pattern = sp.csr_matrix((np.ones(len(flat), np.float32), flat, np.r_[0, np.cumsum(deg)]),
-                            shape=(n_rows, n_items))
-    pattern.sum_duplicates()  # a repeated item counts once, as in training
-    pattern.sort_indices()
-    degree = torch.as_tensor(np.diff(pattern.indptr))
-    mean = sp.diags(1.0 / np.maximum(np.diff(pattern.indptr), 1)) @ pattern
-    u = torch.as_tensor(np.asarray(mean @ table.astype(np.float64), dtype=np.float32))
-    if pattern.nnz and n_items > 1 and steps > 0:
-        u = _descend(u, items, pattern, degree, cfg, steps)
-    out = u.numpy()
-    if cfg.distance == "cosine":
+    out = np.zeros((len(rows), table.shape[1]), np.float32)
+    for s in range(0, len(rows), BLOCK_ROWS):  # bounded memory: each block's draws
+        out[s:s + BLOCK_ROWS] = _fold_block(items, rows[s:s + BLOCK_ROWS], config, steps)
+    if config.distance == "cosine":
         out = unit_rows(out)
     if pull > 0:
-        out = pull_to_latest(out, table, latest_weights(rows, n_items, cfg.pull_decay), pull)
+        out = pull_to_latest(out, table, latest_weights(rows, len(table), config.pull_decay),
+                             pull)
     return out
 
 
-def _descend(u: torch.Tensor, items: torch.Tensor, pattern: sp.csr_matrix,
-             degree: torch.Tensor, cfg, steps: int) -> torch.Tensor:
+def _fold_block(items: torch.Tensor, rows: Sequence[np.ndarray], cfg, steps: int
+                ) -> np.ndarray:
+    n_items = len(items)
+    deg = [len(r) for r in rows]
+    flat = np.concatenate([np.asarray(r, np.int64) for r in rows]) if sum(deg) else []
+    pattern = sp.csr_matrix((np.ones(len(flat), np.float32), flat, np.r_[0, np.cumsum(deg)]),
+                            shape=(len(rows), n_items))
+    pattern.sum_duplicates()  # a repeated item counts once, as in training
+    mean = sp.diags(1.0 / np.maximum(np.diff(pattern.indptr), 1)) @ pattern
+    u = torch.as_tensor(np.asarray(mean @ items.double().numpy(), dtype=np.float32))
+    if pattern.nnz and n_items > 1 and steps > 0:
+        u = _descend(u, items, pattern, cfg, steps)
+    return u.numpy()
+
+
+def _descend(u: torch.Tensor, items: torch.Tensor, pattern: sp.csr_matrix, cfg, steps: int
+             ) -> torch.Tensor:
     """``steps`` full-batch Adagrad steps on the rows ``u`` (the items fixed), each row's
     gradient the mean over its pairs of the loss's rule times the distances' gradients."""
     n_items = len(items)
     n = cfg.negatives_for(n_items)
     indptr = torch.as_tensor(pattern.indptr.astype(np.int64))
     indices = torch.as_tensor(pattern.indices.astype(np.int32))
+    degree = indptr.diff()
     pair_rows = torch.repeat_interleave(torch.arange(len(u)), degree)
     pair_items = indices.long()
     scale = (1.0 / degree.clamp(min=1).float())[pair_rows]  # each row: the mean over its pairs
+    keys = reference._draw_keys(indptr, indices, n_items)
+    draws = [np.random.default_rng([cfg.seed, *pattern.indices[a:b].tolist()]).random(
+        (steps, b - a, n), dtype=np.float32) for a, b in zip(pattern.indptr[:-1],
+                                                            pattern.indptr[1:], strict=True)]
     distance = DISTANCE_FNS[cfg.distance]
     acc = torch.zeros_like(u)
     for step in range(steps):
-        if cfg.loss == "triplet":
-            neg, viol = sampling.hardest_negatives(indptr, indices, pair_rows, pair_items, u,
-                                                   items, n, cfg.margin, cfg.seed, step,
-                                                   backend="torch")
+        cand = reference.map_to_negatives(
+            indptr, indices, pair_rows, n_items,
+            torch.from_numpy(np.concatenate([d[step] for d in draws])), keys)
+        if cfg.loss == "triplet":  # the hardest of the U candidates, as the samplers choose it
+            neg, viol = reference.score_candidates(u, items, pair_rows, pair_items, cand,
+                                                   cfg.margin)
             w = (rank_weight(viol, n, n_items) if cfg.rank_weight
                  else torch.ones(len(neg))).unsqueeze(1)
             w = w * (neg >= 0).unsqueeze(1)
             neg = neg.clamp(min=0).unsqueeze(1)
         else:
-            neg = sampling.sample_uniform(indptr, indices, pair_rows, n_items, n, cfg.seed, step,
-                                          backend="torch")
             free = (n_items - degree[pair_rows]).float() / n
-            w = free.unsqueeze(1) * (neg >= 0)
-            neg = neg.clamp(min=0)
+            w = free.unsqueeze(1) * (cand >= 0)
+            neg = cand.clamp(min=0)
         x = u.clone().requires_grad_(True)
         xu = x[pair_rows]
         d_pos = distance(xu, items[pair_items])

@@ -157,6 +157,8 @@ class Recommender:
         if N < 1:
             raise ValueError(f"N must be >= 1, got {N}")
         single = user is None or _is_id(user)
+        if not single and len(user) == 0:
+            return np.empty((0, N), dtype=str), np.empty((0, N), dtype=np.float32)
         if user is None:
             if user_items is None:
                 raise ValueError("recommend: give a user id, a list of them, or the items of a "
@@ -367,10 +369,13 @@ class Recommender:
             i, d = index.query(vectors[s:s + BLOCK_USERS], N, block)
             ids.append(i)
             dists.append(d)
-        ids = np.concatenate(ids)
+        ids, dists = np.concatenate(ids), np.concatenate(dists)
         if candidates is not None:
             ids = np.where(ids >= 0, cand[np.maximum(ids, 0)], -1)
-        return ids, -np.concatenate(dists)
+        if ids.shape[1] < N:  # fewer items than asked: every row is padded to N
+            ids = np.pad(ids, ((0, 0), (0, N - ids.shape[1])), constant_values=-1)
+            dists = np.pad(dists, ((0, 0), (0, N - dists.shape[1])), constant_values=np.inf)
+        return ids, -dists
 
     def _raw_items(self, ids: np.ndarray) -> np.ndarray:
         raw = self.items_.ids[np.maximum(ids, 0)].astype(str)

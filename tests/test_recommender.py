@@ -224,6 +224,9 @@ def test_fit_takes_a_sparse_matrix_as_implicit_does():
     inter = Interactions.from_matrix(m)
     assert (inter.n_users, inter.n_items, inter.nnz) == (40, 30, m.nnz)
     assert (inter.matrix != (m > 0)).nnz == 0
+    disliked = m.copy()
+    disliked.data[0] = -1.0  # implicit reads a negative entry as a dislike: not an interaction
+    assert Interactions.from_matrix(disliked).nnz == m.nnz - 1
     cfg = TrainConfig(dim=8, epochs=2, recent_pull=0.0, transitions=0)
     rec = Recommender(cfg).fit(m.tocoo(), show_progress=False)
     user = int(rng.integers(40))

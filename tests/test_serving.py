@@ -75,6 +75,22 @@ def test_exclusions_padding_and_exact_index_known_answer():
     assert d[0, :2].tolist() == [4.0, 9.0] and np.isinf(d[0, 2]) and np.isinf(d[1, 1:]).all()
 
 
+def test_empty_batch_and_short_catalogue_pad_to_n(books):
+    data, model = books
+    ids, scores = model.recommend([], N=5)
+    assert ids.shape == scores.shape == (0, 5)
+    ids, scores = model.recommend(list(data.users.ids[:2]), N=600, items=list(data.items.ids[:30]))
+    assert ids.shape == (2, 600) and (ids[:, 30:] == "").all() and np.isneginf(scores[:, 30:]).all()
+
+
+def test_fold_in_does_not_depend_on_the_batch(books):
+    data, model = books
+    rows = [model.liked_[u].indices for u in range(5)]
+    alone = model._fold(rows[3:4])
+    together = model._fold(rows)
+    assert np.array_equal(alone[0], together[3])
+
+
 def test_annoy_batch_never_returns_excluded_items():
     data = checkerboard(60, 40, density=0.6)
     model = Recommender(TrainConfig(**FAST), index="annoy").fit(data, show_progress=False)
