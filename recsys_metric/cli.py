@@ -255,12 +255,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.task == "auto":  # no split to read the task from: the next item
         args.task = "next"
-    config = _config(args)
+    base = None
+    if args.warm_start:  # its hyper-parameters are this fit's defaults; flags override them
+        base = Recommender.load(args.warm_start)
+        config = _config(args, **base.config.to_dict())
+    else:
+        config = _config(args)
     check_target(args.out)  # before any work: never train a model that cannot be saved
     data = _read(args)
     if args.items:
         data.item_names = read_item_names(args.items)
-    model = Recommender(config, index=args.index).fit(data, show_progress=not args.quiet)
+    model = Recommender(config, index=args.index).fit(
+        data, show_progress=not args.quiet, warm_start=base, checkpoint_dir=args.checkpoint_dir)
     model.save(args.out)
     last = model.history_[-1] if model.history_ else {}
     print(f"trained on {data.nnz} interactions ({data.n_users} users, {data.n_items} items) in "
@@ -603,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--items", help="item catalogue with names (items.csv, movies.csv, u.item)")
+    p.add_argument("--warm-start", metavar="MODEL",
+                   help="continue from this model: its users and items start at their points, "
+                        "new ones are added; its training options are the defaults")
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write a checkpoint here after every epoch; the same command run again "
+                        "resumes after the last one")
     p.add_argument("--index", default="auto", choices=("auto", "exact", "annoy"),
                    help="top-k search the model serves with: exact, Annoy, or auto (Annoy above "
                         "a measured catalogue size; default)")

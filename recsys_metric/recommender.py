@@ -52,43 +52,67 @@ class Recommender:
 
     def fit(self, interactions: Interactions | sp.spmatrix, valid: Interactions | None = None,
             show_progress: bool = True, callbacks: Sequence = (),
-            validation: str = "leave-last-out") -> Recommender:
+            validation: str = "leave-last-out",
+            warm_start: Recommender | str | Path | None = None,
+            checkpoint_dir: str | Path | None = None) -> Recommender:
         """Train on ``interactions`` (or a users x items sparse matrix, as implicit's models
         take: :meth:`Interactions.from_matrix`, ids the row and column numbers). With
         ``config.patience > 0`` and no ``valid`` given, a validation split is carved from it in
         the shape ``validation`` (a protocol of :func:`recsys_metric.split.validation_split`; by
         default each user's latest item) to pick the number of epochs, then the model is refit
-        on all of ``interactions`` for that many epochs."""
+        on all of ``interactions`` for that many epochs.
+
+        ``warm_start``: a fitted model (or its directory) to continue from: the users and items
+        it knows start at its points, new ones as a cold fit's do; the fitted model holds the
+        ids of both (those only in ``warm_start`` keep their points and liked items).
+        ``checkpoint_dir``: each epoch's state is written there atomically
+        (:mod:`recsys_metric.checkpoint`); the same fit run again resumes after the last
+        epoch written and ends with the same tables."""
         if sp.issparse(interactions):
             interactions = Interactions.from_matrix(interactions)
         cfg = self.config.validate()
         resolve_index(self.index, interactions.n_items)
+        base = (None if warm_start is None else warm_start
+                if isinstance(warm_start, Recommender) else Recommender.load(warm_start))
+        init = None if base is None else base._rows_for(interactions.users, interactions.items,
+                                                        cfg)
         if interactions.timestamps is None and (cfg.transitions or cfg.recent_pull):
             warnings.warn(
                 f"{interactions.source} has no timestamps: the items' context rows and the pull "
                 "toward each user's latest items are off, and the recency visits take the file "
                 "order. TrainConfig(**TIME_BLIND) trains without the time order and silences this.",
                 TimeOrderWarning, stacklevel=2)
+
+        def checkpoint(name: str) -> Path | None:
+            return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{name}.pt"
+
         t0 = time.perf_counter()
         train = interactions.matrix
         if cfg.patience and valid is None:
             sub, val = validation_split(interactions, validation, cfg.seed)
-            probe = Trainer(cfg, callbacks, show_progress).fit(sub, val)
+            probe = Trainer(cfg, callbacks, show_progress).fit(sub, val, init,
+                                                               checkpoint("probe"))
             self.validation_history_ = probe.history
             epochs = probe.best_epoch or cfg.epochs
             refit = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs, "patience": 0})
-            result = Trainer(refit, callbacks, show_progress).fit(interactions)
+            result = Trainer(refit, callbacks, show_progress).fit(interactions, None, init,
+                                                                  checkpoint("fit"))
             self.best_epoch_ = epochs
         else:
-            result = Trainer(cfg, callbacks, show_progress).fit(interactions, valid)
+            result = Trainer(cfg, callbacks, show_progress).fit(interactions, valid, init,
+                                                                checkpoint("fit"))
             self.validation_history_ = result.history if valid is not None else []
             self.best_epoch_ = result.best_epoch
         self.history_ = result.history
         self.training_loop_ = result.loop
         # the trained users were pulled toward their latest items: folded-in ones are too
         self.pulled_ = interactions.timestamps is not None and cfg.recent_pull > 0
-        self._set_state(result.user_embeddings, result.item_embeddings, interactions.users,
-                        interactions.items, train, interactions.item_names)
+        if base is None:
+            self._set_state(result.user_embeddings, result.item_embeddings, interactions.users,
+                            interactions.items, train, interactions.item_names)
+        else:
+            self._set_state(*_merge(base, interactions, result),
+                            {**base.item_names_, **(interactions.item_names or {})})
         self._build_index()
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -307,6 +331,24 @@ class Recommender:
         self.liked_ = liked_t.T.tocsr()
         self._build_index()
         return self
+
+    def _rows_for(self, users: IdMap, items: IdMap, config: TrainConfig
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """This model's points for ``users`` and ``items`` (rows of NaN for ids it lacks): a
+        warm start's initial tables, for a ``config`` of the same space."""
+        self._check_fitted()
+        dim = self.user_embeddings_.shape[1]
+        if (config.dim, config.distance) != (dim, self.config.distance):
+            raise ValueError(f"warm start: the model has dim {dim} and the {self.config.distance}"
+                             f" distance, the config dim {config.dim} and the {config.distance}")
+        out = []
+        for ids, mine, table in ((users, self.users_, self.user_embeddings_),
+                                 (items, self.items_, self.item_embeddings_)):
+            at = _positions(mine, ids)
+            rows = np.full((len(ids), dim), np.nan, np.float32)
+            rows[at >= 0] = table[at[at >= 0]]
+            out.append(rows)
+        return out[0], out[1]
 
     # -- serving internals -----------------------------------------------------------------------
 
@@ -533,6 +575,28 @@ def _extend(ids: IdMap, raws: list) -> tuple[IdMap, np.ndarray]:
     if new:
         ids = IdMap(np.concatenate([ids.ids, np.asarray(new, dtype=object)]))
     return ids, ids.indices(raws)
+
+
+def _positions(ids: IdMap, raws: IdMap) -> np.ndarray:
+    """Index in ``ids`` of each id of ``raws`` (-1 where absent)."""
+    import pandas as pd
+
+    return pd.Index(ids.ids).get_indexer(raws.ids)
+
+
+def _merge(base: Recommender, data: Interactions, result) -> tuple:
+    """The state after a warm start: ``base``'s ids, then ``data``'s new ones; ``result``'s
+    tables and ``data``'s liked items for the ids in ``data``, ``base``'s for the rest."""
+    users, _ = _extend(base.users_, list(data.users.ids))
+    items, _ = _extend(base.items_, list(data.items.ids))
+    u_at, i_at = _positions(users, data.users), _positions(items, data.items)
+    user_emb = _grow(base.user_embeddings_, len(users))
+    item_emb = _grow(base.item_embeddings_, len(items))
+    user_emb[u_at], item_emb[i_at] = result.user_embeddings, result.item_embeddings
+    m = data.matrix
+    rows = [i_at[m.indices[m.indptr[u]:m.indptr[u + 1]]] for u in range(m.shape[0])]
+    liked = _set_rows(base.liked_, u_at, rows, len(users), len(items))
+    return user_emb, item_emb, users, items, liked
 
 
 def _grow(table: np.ndarray, n: int) -> np.ndarray:

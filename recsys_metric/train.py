@@ -20,6 +20,7 @@ At batch size 1 both loops make the same updates (``tests/test_loss_equivalence.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections import deque
@@ -453,6 +454,9 @@ class Trainer:
                 best, waited, best_state = saved["best"], saved["waited"], saved["best_state"]
                 result.best_epoch, result.history = saved["best_epoch"], saved["history"]
                 start, stopped = saved["epoch"], saved["stopped"]
+                if self.show_progress:
+                    print(f"recsys-metric: resuming from {checkpoint} after epoch {start}",
+                          file=sys.stderr)
         t0 = time.perf_counter()
         # disable=None: a bar on a terminal only, never 6 KB of carriage returns in a log file
         bar = tqdm(range(start, cfg.epochs if not stopped else start), desc="train",
