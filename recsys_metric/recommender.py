@@ -105,6 +105,7 @@ class Recommender:
             self.best_epoch_ = result.best_epoch
         self.history_ = result.history
         self.training_loop_ = result.loop
+        self.accumulators_ = result.accumulators
         # the trained users were pulled toward their latest items: folded-in ones are too
         self.pulled_ = interactions.timestamps is not None and cfg.recent_pull > 0
         if base is None:
@@ -113,6 +114,7 @@ class Recommender:
         else:
             self._set_state(*_merge(base, interactions, result),
                             {**base.item_names_, **(interactions.item_names or {})})
+            self.accumulators_ = _merge_accumulators(base, self, interactions, result)
         self._build_index()
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -307,6 +309,7 @@ class Recommender:
         self.users_, idx = _extend(self.users_, users)
         self.user_embeddings_ = _grow(self.user_embeddings_, len(self.users_))
         self.user_embeddings_[idx] = points
+        self._grow_accumulators()
         self.liked_ = _set_rows(self.liked_, idx, rows, len(self.users_), len(self.items_))
         self.user_index_ = None
         return self
@@ -327,28 +330,39 @@ class Recommender:
         self.items_, idx = _extend(self.items_, items)
         self.item_embeddings_ = _grow(self.item_embeddings_, len(self.items_))
         self.item_embeddings_[idx] = points
+        self._grow_accumulators()
         liked_t = _set_rows(self.liked_.T.tocsr(), idx, rows, len(self.items_), len(self.users_))
         self.liked_ = liked_t.T.tocsr()
         self._build_index()
         return self
 
     def _rows_for(self, users: IdMap, items: IdMap, config: TrainConfig
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """This model's points for ``users`` and ``items`` (rows of NaN for ids it lacks): a
-        warm start's initial tables, for a ``config`` of the same space."""
+                  ) -> tuple[np.ndarray, ...]:
+        """This model's points for ``users`` and ``items`` (rows of NaN for ids it lacks), then
+        their Adagrad accumulators where the model kept them: a warm start's initial state
+        (:meth:`Trainer.fit`'s ``init``), for a ``config`` of the same space."""
         self._check_fitted()
         dim = self.user_embeddings_.shape[1]
         if (config.dim, config.distance) != (dim, self.config.distance):
             raise ValueError(f"warm start: the model has dim {dim} and the {self.config.distance}"
                              f" distance, the config dim {config.dim} and the {config.distance}")
-        out = []
-        for ids, mine, table in ((users, self.users_, self.user_embeddings_),
-                                 (items, self.items_, self.item_embeddings_)):
+        acc = getattr(self, "accumulators_", None) or (None, None)
+        tables, accs = [], []
+        for ids, mine, table, a in ((users, self.users_, self.user_embeddings_, acc[0]),
+                                    (items, self.items_, self.item_embeddings_, acc[1])):
             at = _positions(mine, ids)
-            rows = np.full((len(ids), dim), np.nan, np.float32)
-            rows[at >= 0] = table[at[at >= 0]]
-            out.append(rows)
-        return out[0], out[1]
+            for source, out in ((table, tables), (a, accs)):
+                if source is not None:
+                    rows = np.full((len(ids), source.shape[1]), np.nan, np.float32)
+                    rows[at >= 0] = source[at[at >= 0]]
+                    out.append(rows)
+        return (*tables, *accs)
+
+    def _grow_accumulators(self) -> None:
+        """Accumulators for rows added by a partial fit: 0, as a new row's in training."""
+        acc = getattr(self, "accumulators_", None)
+        if acc is not None:
+            self.accumulators_ = (_grow(acc[0], len(self.users_)), _grow(acc[1], len(self.items_)))
 
     # -- serving internals -----------------------------------------------------------------------
 
@@ -461,7 +475,8 @@ class Recommender:
                  user_embeddings=self.user_embeddings_, item_embeddings=self.item_embeddings_,
                  user_ids=self.users_.ids.astype(str), item_ids=self.items_.ids.astype(str),
                  liked_indptr=self.liked_.indptr.astype(np.int64),
-                 liked_indices=self.liked_.indices.astype(np.int32))
+                 liked_indices=self.liked_.indices.astype(np.int32),
+                 **_accumulator_arrays(getattr(self, "accumulators_", None)))
         index = {"requested": self.index, "kind": self.index_kind_, "n_trees": self.n_trees,
                  "recall_target": self.recall_target,
                  "search_k": getattr(self.index_, "search_k", None),
@@ -521,8 +536,10 @@ class Recommender:
         names = modeldir.read_json(path / "item_names.json", dict)
         if not all(isinstance(v, str) for v in names.values()):
             raise ValueError(f"{path / 'item_names.json'}: item names must be strings")
-        users, items, user_emb, item_emb, liked = _read_tables(path / "model.npz", manifest)
+        users, items, user_emb, item_emb, liked, acc = _read_tables(path / "model.npz",
+                                                                    manifest)
         model._set_state(user_emb, item_emb, users, items, liked, names)
+        model.accumulators_ = acc
         model.exact_index_ = ExactIndex(model.item_embeddings_)
         model.index_kind_ = kind
         model.index_recall_ = ix.get("recall@10")
@@ -599,6 +616,24 @@ def _merge(base: Recommender, data: Interactions, result) -> tuple:
     return user_emb, item_emb, users, items, liked
 
 
+def _merge_accumulators(base: Recommender, merged: Recommender, data: Interactions,
+                        result) -> tuple | None:
+    """The accumulators after a warm start in ``merged``'s layout (as :func:`_merge`): the
+    fit's for the ids in ``data``, ``base``'s for the rest (0 where it kept none)."""
+    new, old = result.accumulators, getattr(base, "accumulators_", None)
+    if new is None:
+        return None
+    out = []
+    for k, (ids, merged_ids) in enumerate(((data.users, merged.users_),
+                                           (data.items, merged.items_))):
+        grown = np.zeros((len(merged_ids), new[k].shape[1]), np.float32)
+        if old is not None and old[k].shape[1] == new[k].shape[1]:
+            grown[:len(old[k])] = old[k]
+        grown[_positions(merged_ids, ids)] = new[k]
+        out.append(grown)
+    return tuple(out)
+
+
 def _grow(table: np.ndarray, n: int) -> np.ndarray:
     if len(table) >= n:
         return table.copy()
@@ -640,6 +675,13 @@ TABLES = ("user_embeddings", "item_embeddings", "user_ids", "item_ids", "liked_i
           "liked_indices")
 
 
+ACCUMULATORS = ("user_adagrad", "item_adagrad")  # optional: for warm starts
+
+
+def _accumulator_arrays(acc: tuple | None) -> dict:
+    return {} if acc is None else dict(zip(ACCUMULATORS, acc, strict=True))
+
+
 def _read_tables(path: Path, manifest: dict):
     """The arrays of ``model.npz``, each checked against the others and the manifest."""
     def bad(what: str) -> ValueError:
@@ -647,7 +689,7 @@ def _read_tables(path: Path, manifest: dict):
 
     try:  # np.load parses bytes: a damaged file can raise almost anything, none of it a bug here
         with np.load(path, allow_pickle=False) as z:
-            t = {k: z[k] for k in TABLES if k in z.files}
+            t = {k: z[k] for k in (*TABLES, *ACCUMULATORS) if k in z.files}
     except Exception as e:
         raise bad(f"damaged ({type(e).__name__}: {e})") from None
     missing = [k for k in TABLES if k not in t]
@@ -682,4 +724,11 @@ def _read_tables(path: Path, manifest: dict):
         raise bad(str(e)) from None
     liked = sp.csr_matrix((np.ones(len(ix), dtype=np.float32), ix, ip),
                           shape=(len(users), len(items)))
-    return users, items, ue, ie, liked
+    acc = None
+    if any(k in t for k in ACCUMULATORS):  # optional: models from before they were kept lack it
+        acc = tuple(t.get(k) for k in ACCUMULATORS)
+        for name, a, n in zip(ACCUMULATORS, acc, (len(ue), len(ie)), strict=True):
+            if (a is None or a.ndim != 2 or a.dtype != np.float32 or len(a) != n
+                    or a.shape[1] not in (1, ue.shape[1]) or not (np.isfinite(a) & (a >= 0)).all()):
+                raise bad(f"{name} is not {n} rows of non-negative float32 accumulators")
+    return users, items, ue, ie, liked, acc

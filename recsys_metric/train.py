@@ -254,6 +254,10 @@ class TrainResult:
     best_epoch: int | None = None
     seconds: float = 0.0
     loop: str = ""
+    # the Adagrad accumulators of the users' and items' rows at the end ([n, dim] or [n, 1]):
+    # a warm start continues with them, its steps as small as training's last (None: another
+    # optimiser)
+    accumulators: tuple[np.ndarray, np.ndarray] | None = None
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
         """Minus squared distances to every item, so a result can be evaluated directly."""
@@ -271,6 +275,10 @@ class RowAdagrad(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 0.1, eps: float = 1e-10) -> None:
         super().__init__(params, {"lr": lr, "eps": eps})
+        for group in self.param_groups:  # created now, as torch's Adagrad does
+            for p in group["params"]:
+                self.state[p]["sum"] = torch.zeros(p.shape[0], 1, dtype=p.dtype,
+                                                   device=p.device)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -278,10 +286,7 @@ class RowAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if "sum" not in state:
-                    state["sum"] = torch.zeros(p.shape[0], 1, dtype=p.dtype, device=p.device)
-                acc = state["sum"]
+                acc = self.state[p]["sum"]
                 if p.grad.is_sparse:
                     grad = p.grad.coalesce()
                     rows, g = grad.indices()[0], grad.values()
@@ -373,7 +378,7 @@ class Trainer:
 
     def fit(self, train: Interactions | sp.csr_matrix,
             valid: Interactions | sp.csr_matrix | None = None,
-            init: tuple[np.ndarray, np.ndarray] | None = None,
+            init: tuple[np.ndarray, ...] | None = None,
             checkpoint: str | Path | None = None) -> TrainResult:
         """Train on ``train``. From :class:`Interactions`: each user's ``recent_share`` latest
         pairs visited ``recent_visits`` times per epoch (by file order without timestamps); with
@@ -382,7 +387,10 @@ class Trainer:
         once, nothing else.
 
         ``init``: ``(user_rows, item_rows)`` to start from (a warm start), one row per user and
-        item of ``train``; rows of NaN (new ids) start as a cold fit's do.
+        item of ``train``; rows of NaN (new ids) start as a cold fit's do. Optionally also
+        ``(user_acc, item_acc)``, the Adagrad accumulators those rows ended training with
+        (:attr:`TrainResult.accumulators`; NaN rows start at 0): without them the first steps
+        are as large as a cold fit's, and undo much of what the rows had learnt.
         ``checkpoint``: a file written atomically after every epoch (:mod:`.checkpoint`); a fit
         that finds one of the same config and data resumes after its last epoch, and ends with
         the tables the uninterrupted fit would have."""
@@ -429,13 +437,17 @@ class Trainer:
         model = CML(rows.shape[0], n_items, cfg.dim, cfg.clip_norm, gen, cfg.init_norm,
                     cfg.distance)
         if init is not None:
-            _warm_start(model, *init)
+            _warm_start(model, *init[:2])
         model = model.to(dev)
         backend = sampling.resolve_backend(cfg.backend, dev)
         fused_cpu = (backend == "cpu" and cfg.optimizer in ("adagrad", "adagrad_row")
                      and cfg.cov_weight == 0)
         epoch_fn, loop_state = (self._fused_cpu_epoch if fused_cpu else self._torch_epoch)(
             model, rows, backend)
+        accumulators = _accumulators(model, loop_state)
+        if init is not None and len(init) == 4 and accumulators is not None:
+            for acc, given in zip(accumulators, init[2:], strict=True):
+                _copy_rows(acc, given)
 
         result = TrainResult(np.empty(0), np.empty(0), loop="fused-cpu" if fused_cpu
                              else f"torch+{backend}")
@@ -502,6 +514,10 @@ class Trainer:
             tail.apply()
         result.seconds = time.perf_counter() - t0
         result.user_embeddings, result.item_embeddings = served(model)
+        if accumulators is not None:
+            result.accumulators = tuple(np.array(torch.as_tensor(a).detach().cpu()[:n])
+                                        for a, n in zip(accumulators, (n_users, n_items),
+                                                        strict=True))
         return result
 
     # -- the two loops ---------------------------------------------------------------------------
@@ -603,6 +619,34 @@ def _warm_start(model: CML, users: np.ndarray, items: np.ndarray) -> None:
             known = torch.isfinite(rows[:n]).all(1)
             table.weight[:n][known] = rows[:n][known]
     model.clip_()
+
+
+def _accumulators(model: CML, loop_state: dict) -> tuple | None:
+    """The users' and items' Adagrad accumulators of a loop (the fused loop's arrays, or the
+    torch Adagrad's state tensors), or None for another optimiser."""
+    if "user_acc" in loop_state:
+        return loop_state["user_acc"], loop_state["item_acc"]
+    opt = loop_state["optimizer"]
+    if not isinstance(opt, torch.optim.Adagrad | RowAdagrad):
+        return None
+    return tuple(opt.state[t.weight]["sum"] for t in (model.users, model.items))
+
+
+def _copy_rows(acc: np.ndarray, given: np.ndarray) -> None:
+    """Copy the finite rows of accumulators ``given`` over the first rows of ``acc`` in place,
+    averaged over a row or repeated along it where one is row-wise and the other not."""
+    if isinstance(acc, torch.Tensor):  # the torch loop's state, maybe on a GPU
+        host = acc.detach().cpu().numpy().copy()
+        _copy_rows(host, given)
+        acc.copy_(torch.as_tensor(host))
+        return
+    given = np.asarray(given, dtype=np.float32)
+    if given.shape[1] != acc.shape[1]:
+        given = (given.mean(1, keepdims=True) if acc.shape[1] == 1
+                 else np.repeat(given, acc.shape[1], axis=1))
+    n = min(len(given), len(acc))
+    known = np.isfinite(given[:n]).all(1)
+    acc[:n][known] = given[:n][known]
 
 
 def make_optimizer(model: CML, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -103,3 +103,25 @@ def test_warm_start_of_another_space_is_a_clear_error(halves, tmp_path):
     res = run(BOOKS, "--warm-start", first, "--dim", "8", "--out", tmp_path / "x", "--quiet")
     assert res.returncode == 2 and "warm start: the model has dim 64" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_warm_start_continues_with_the_saved_accumulators(tmp_path):
+    """The model keeps its rows' Adagrad accumulators (saved, loaded); a warm start steps with
+    them: huge accumulators leave the known rows where they were, zero ones (a cold
+    optimiser) move them."""
+    from recsys_metric import TrainConfig, read_ratings
+
+    data = read_ratings(BOOKS)
+    cfg = TrainConfig(epochs=2, average_last=0, recent_pull=0.0)
+    model = Recommender(cfg).fit(data, show_progress=False)
+    acc = model.accumulators_
+    assert acc[0].shape == model.user_embeddings_.shape and (acc[1] > 0).any()
+    again = Recommender.load(model.save(tmp_path / "m"))
+    assert all(np.array_equal(a, b) for a, b in zip(acc, again.accumulators_, strict=True))
+    moved = {}
+    for name, scale in (("huge", 1e12), ("zero", 0.0)):
+        again.accumulators_ = tuple(np.full_like(a, 1.0) * scale for a in acc)
+        warm = Recommender(TrainConfig(epochs=1, average_last=0, recent_pull=0.0)).fit(
+            data, warm_start=again, show_progress=False)
+        moved[name] = np.abs(warm.item_embeddings_ - again.item_embeddings_).max()
+    assert moved["huge"] < 1e-3 and moved["zero"] > 100 * moved["huge"], moved
