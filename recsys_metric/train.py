@@ -515,7 +515,7 @@ class Trainer:
         result.seconds = time.perf_counter() - t0
         result.user_embeddings, result.item_embeddings = served(model)
         if accumulators is not None:
-            result.accumulators = tuple(np.array(torch.as_tensor(a).detach().cpu()[:n])
+            result.accumulators = tuple(torch.as_tensor(a)[:n].detach().cpu().numpy().copy()
                                         for a, n in zip(accumulators, (n_users, n_items),
                                                         strict=True))
         return result
