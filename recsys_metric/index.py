@@ -14,8 +14,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .model import pairwise_squared_distance
-
 # Catalogue size above which index="auto" picks Annoy; measured by experiments/bench_index.py
 # (results/index.md): below it, exact batched scoring is as fast per query and always exact.
 AUTO_ANNOY_ITEMS = 200_000
@@ -31,6 +29,7 @@ class ExactIndex:
 
     def __init__(self, item_vectors: np.ndarray, batch_size: int | None = None) -> None:
         self.vectors = torch.as_tensor(np.ascontiguousarray(item_vectors, dtype=np.float32))
+        self.sq_norms = self.vectors.pow(2).sum(1).unsqueeze(0)  # [1, n]
         self.batch_size = batch_size
 
     def __len__(self) -> int:
@@ -44,7 +43,9 @@ class ExactIndex:
         ``k`` items left is padded with id -1 at distance inf.
 
         Blocked so each block's distance matrix stays near 64 MiB: one matrix product, the
-        exclusions set to inf through the CSR's coordinates, one top-k, for the whole block."""
+        exclusions set to inf through the CSR's coordinates, one top-k, for the whole block. The
+        product is ``|y|² - 2 q·y`` in one ``addmm``: ``|q|²`` orders nothing within a row, so it
+        is added to the ``k`` winners only (a third of the time of the whole distance)."""
         q = torch.as_tensor(np.atleast_2d(queries).astype(np.float32))
         k = min(k, len(self))
         if exclude is not None:
@@ -52,14 +53,16 @@ class ExactIndex:
         block = self.batch_size or max(1, SCORE_BLOCK_FLOATS // max(len(self), 1))
         ids, dists = [], []
         for s in range(0, len(q), block):
-            d = pairwise_squared_distance(q[s:s + block], self.vectors)
+            part_q = q[s:s + block]
+            d = torch.addmm(self.sq_norms, part_q, self.vectors.T, alpha=-2.0)
             if exclude is not None:
                 part = exclude[s:s + len(d)]
                 rows = np.repeat(np.arange(len(d)), np.diff(part.indptr))
                 d[torch.as_tensor(rows), torch.as_tensor(part.indices.astype(np.int64))] = np.inf
             top = torch.topk(d, k, dim=1, largest=False)  # sorted, nearest first
             ids.append(top.indices.masked_fill_(torch.isinf(top.values), -1))
-            dists.append(top.values)
+            # rounding can dip below zero
+            dists.append((top.values + part_q.pow(2).sum(1, keepdim=True)).clamp_(min=0.0))
         if not ids:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
         return torch.cat(ids).numpy(), torch.cat(dists).numpy()
