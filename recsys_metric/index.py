@@ -56,7 +56,7 @@ class ExactIndex:
             part_q = q[s:s + block]
             d = torch.addmm(self.sq_norms, part_q, self.vectors.T, alpha=-2.0)
             if exclude is not None:
-                part = exclude[s:s + len(d)]
+                part = exclude if len(d) == len(q) else exclude[s:s + len(d)]
                 rows = np.repeat(np.arange(len(d)), np.diff(part.indptr))
                 d[torch.as_tensor(rows), torch.as_tensor(part.indices.astype(np.int64))] = np.inf
             top = torch.topk(d, k, dim=1, largest=False)  # sorted, nearest first

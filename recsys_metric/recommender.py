@@ -417,15 +417,17 @@ class Recommender:
             cand = np.unique(self._item_indices(candidates))
             index = ExactIndex(self.item_embeddings_[cand])
             exclude = exclude[:, cand].tocsr() if exclude is not None else None
-        ids, dists = [], []
-        starts = range(0, len(vectors), BLOCK_USERS)
-        for s in tqdm(starts, desc="recommend", unit="block",
-                      disable=True if not show_progress or len(starts) < 2 else None):
-            block = None if exclude is None else exclude[s:s + BLOCK_USERS]
-            i, d = index.query(vectors[s:s + BLOCK_USERS], N, block)
-            ids.append(i)
-            dists.append(d)
-        ids, dists = np.concatenate(ids), np.concatenate(dists)
+        if len(vectors) <= BLOCK_USERS:  # one block: no bar, no slicing (the server's case)
+            ids, dists = index.query(vectors, N, exclude)
+        else:
+            ids, dists = [], []
+            for s in tqdm(range(0, len(vectors), BLOCK_USERS), desc="recommend", unit="block",
+                          disable=None if show_progress else True):
+                block = None if exclude is None else exclude[s:s + BLOCK_USERS]
+                i, d = index.query(vectors[s:s + BLOCK_USERS], N, block)
+                ids.append(i)
+                dists.append(d)
+            ids, dists = np.concatenate(ids), np.concatenate(dists)
         if candidates is not None:
             ids = np.where(ids >= 0, cand[np.maximum(ids, 0)], -1)
         if ids.shape[1] < N:  # fewer items than asked: every row is padded to N
@@ -566,20 +568,30 @@ class Recommender:
 # ----------------------------------------------------------------------------- helpers
 
 
-def items_json(model: Recommender, ids: np.ndarray, scores: np.ndarray,
-               because: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[dict]:
+def items_json(model: Recommender, ids: Sequence, scores: Sequence,
+               because: Sequence[tuple[Sequence, Sequence]] | None = None) -> list[dict]:
     """A ranked list as the JSON contract's items (DESIGN.md): ``{"item", "score", "name"}``
-    (``name`` where the model knows it), with ``because`` (:meth:`Recommender.explain`'s
-    answers, one per item) ``[{"item", "distance", "name"}, ...]``."""
-    def named(d: dict) -> dict:
-        name = model.item_names_.get(d["item"])
-        return d if name is None else {**d, "name": name}
+    (``name`` where the model knows it), and with ``because`` (:meth:`Recommender.explain`'s
+    answers, one per item) ``"because": [{"item", "distance", "name"}, ...]``, closest first.
+    The CLI's ``--json`` and the server both write it."""
+    names = model.item_names_
 
-    out = [named({"item": str(i), "score": float(s)}) for i, s in zip(ids, scores, strict=True)]
-    for it, (b_ids, b_dist) in zip(out, because or (), strict=False):
-        it["because"] = [named({"item": str(i), "distance": float(d)})
-                         for i, d in zip(b_ids, b_dist, strict=True)]
+    def entry(item, key: str, value) -> dict:
+        out = {"item": str(item), key: float(value)}
+        if (name := names.get(out["item"])) is not None:
+            out["name"] = name
+        return out
+
+    # tolist(): plain str and float in one call, rather than a numpy scalar per field
+    out = [entry(i, "score", s) for i, s in zip(_list(ids), _list(scores), strict=True)]
+    for it, (liked, dist) in zip(out, because or (), strict=False):
+        it["because"] = [entry(j, "distance", d)
+                         for j, d in zip(_list(liked), _list(dist), strict=True)]
     return out
+
+
+def _list(a) -> list:
+    return a.tolist() if hasattr(a, "tolist") else list(a)
 
 
 def _is_id(x) -> bool:
