@@ -76,13 +76,14 @@ def _ball(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 
 def synthetic_model(n_users: int = 6040, n_items: int = 3706, dim: int = 64, per_user: int = 165,
-                    seed: int = 0) -> Recommender:
+                    seed: int = 0, index: str = "exact") -> Recommender:
     """A fitted-looking :class:`Recommender` without training, ML-1M-sized by default.
 
     Users and items are random points in the unit ball; user ``u`` likes a uniform random set
     of items, their number 20 plus a geometric draw of mean ``per_user - 20`` (ML-1M's users
     have at least 20 ratings, 165 on average), capped at half the catalogue. Ids are
-    ``"1".."n"`` for both (as in ML-1M), every item is named ``"Item i"``; exact index.
+    ``"1".."n"`` for both (as in ML-1M), every item is named ``"Item i"``; an exact index
+    (or ``index``, built as ``fit`` builds it).
     """
     rng = np.random.default_rng(seed)
     users, items = _ball(rng, n_users, dim), _ball(rng, n_items, dim)
@@ -95,7 +96,7 @@ def synthetic_model(n_users: int = 6040, n_items: int = 3706, dim: int = 64, per
     def ids(n: int) -> IdMap:
         return IdMap(np.array([str(i) for i in range(1, n + 1)], dtype=object))
 
-    model = Recommender(TrainConfig(dim=dim), index="exact")
+    model = Recommender(TrainConfig(dim=dim), index=index)
     model._set_state(users, items, ids(n_users), ids(n_items), liked,
                      {str(i): f"Item {i}" for i in range(1, n_items + 1)})
     model._build_index()
