@@ -20,6 +20,7 @@ Optuna is imported lazily, so the package imports without it.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -252,7 +253,9 @@ def tune(data: Interactions, model: str = "cml", trials: int = 20, seed: int = 0
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=trials, timeout=timeout, show_progress_bar=show_progress)
+    # optuna's bar is tqdm's, always drawn when asked: on a terminal only, never into a log file
+    study.optimize(objective, n_trials=trials, timeout=timeout,
+                   show_progress_bar=show_progress and sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
