@@ -6,16 +6,14 @@ of 100 Gaussian clusters of unequal weight and spread, rows clipped to the unit 
 them); the query "users" are drawn from the same clusters. For each size, the package's classes:
 
 - exact: ``ExactIndex(items).query(q, 10)`` on a batch of 1000 queries (ms per query, best of 3),
-  scored in chunks of ``batch_size`` rows: the package's 1024, fewer where a ``[chunk, items]``
-  float32 block would pass ``--block-mb`` (the distances hold two such blocks at once: 16 GB at
-  2 M items with 1024);
+  scored in the package's blocks (``index.SCORE_BLOCK_FLOATS``: 64 MiB of scores, at most
+  4096 rows);
 - annoy: ``AnnoyIndex(items, --trees)`` build seconds (``n_jobs=1``), then ``calibrate`` on 500
   probe users to recall@10 0.98, as ``Recommender._build_index`` does; the batch of 1000
   (``AnnoyIndex.query`` loops over the rows, as the package does), its recall@10 against exact
   (other users than the probe), the chosen ``search_k`` and the size of the saved file;
 - one query: median over 50 queries (after 5 warm-up) of the best of 3 passes over them, exact
-  and Annoy interleaved query by query (the same machine load for both), and the item-norm term
-  that every exact query recomputes.
+  and Annoy interleaved query by query (the same machine load for both).
 
 The machine may be shared: a busy core stalls torch's second thread for milliseconds, hence the
 best of 3 passes per query. Each timing also first waits (up to 20 s) until other processes use
@@ -25,13 +23,14 @@ again (up to 3 times in all) when they used more meanwhile; the table shows what
 The crossover is the smallest measured size from which Annoy is faster at every larger size,
 and, between it and the size below, where the two log-log latency lines cross. As Annoy's recall
 is below 1, the constant the measurements support is where Annoy beats exact both for one query
-and in a batch (exact's best case), rounded to one significant digit.
+and in a batch (exact's best case), rounded to a multiple of half its power of ten.
 
     python experiments/bench_index.py --out-dir experiments/results
     python experiments/bench_index.py --sizes 10000,30000 --out-dir /tmp/bench_index   # smoke
 
-``--out-dir`` writes ``index.md``, ``index.json`` and ``index.png`` there. Progress goes to stderr;
-the last line printed is one JSON object of the headline figures.
+``--out-dir`` writes ``index.md``, ``index.json`` and ``index.png`` there; ``--render
+experiments/results/index.json`` reports saved rows again without measuring. Progress goes to
+stderr; the last line printed is one JSON object of the headline figures.
 """
 
 from __future__ import annotations
@@ -54,14 +53,14 @@ import numpy as np
 import torch
 from common import header, row
 
-from recsys_metric.index import AUTO_ANNOY_ITEMS, AnnoyIndex, ExactIndex
+from recsys_metric.index import AUTO_ANNOY_ITEMS, SCORE_BLOCK_FLOATS, AnnoyIndex, ExactIndex
 
 K, TARGET, PROBE, BATCH, SINGLE, WARMUP, REPEAT = 10, 0.98, 500, 1000, 50, 5, 3
 RUNS = 3  # passes over the single queries, each one's best kept: a busy core stalls torch
 QUIET, TRIES = 0.25, 3  # single-query timing taken again (TRIES in all) when others used QUIET
-COLUMNS = ("items", "others", "exact single ms", "of which norms ms", "exact batch ms/q",
-           "exact chunk", "annoy build s", "search_k", "annoy single ms", "annoy batch ms/q",
-           "annoy recall@10", "annoy file MB")
+COLUMNS = ("items", "others", "exact single ms", "exact batch ms/q", "exact chunk",
+           "annoy build s", "search_k", "annoy single ms", "annoy batch ms/q", "annoy recall@10",
+           "annoy file MB")
 
 
 def log(msg: str) -> None:
@@ -151,27 +150,16 @@ def batch_ms(index, queries: np.ndarray) -> tuple[float, np.ndarray]:
     return 1e3 * best / len(queries), ids
 
 
-@torch.no_grad()
-def norms_ms(exact: ExactIndex) -> float:
-    """Median ms of the item-norm term ``pairwise_squared_distance`` recomputes on every call."""
-    times = []
-    for _ in range(WARMUP + 10):
-        t = time.perf_counter()
-        exact.vectors.pow(2).sum(1)
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times[WARMUP:]))
-
-
 def recall(got: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, truth,
                                                                        strict=True)]))
 
 
 def measure(items: np.ndarray, probe: np.ndarray, evaluate: np.ndarray, trees: int,
-            seed: int, block_mb: int) -> dict:
+            seed: int) -> dict:
     n = len(items)
-    chunk = int(min(1024, max(1, block_mb * 2**20 // (4 * n))))
-    exact = ExactIndex(items, batch_size=chunk)
+    chunk = min(1000, max(1, SCORE_BLOCK_FLOATS // n))  # the package's block, of 1000 queries
+    exact = ExactIndex(items)
     r = {"items": n, "load": os.getloadavg()[0], "exact_chunk": chunk}
     r["exact_batch_ms"], truth = batch_ms(exact, evaluate)
     log(f"  exact batch: {r['exact_batch_ms']:.3f} ms/q")
@@ -190,10 +178,8 @@ def measure(items: np.ndarray, probe: np.ndarray, evaluate: np.ndarray, trees: i
         wait_quiet()
         with Others() as o:
             single = single_ms([exact, annoy], evaluate[:SINGLE])
-            norms = norms_ms(exact)
         if "others" not in r or o.cores < r["others"]:
-            r["exact_single_ms"], r["annoy_single_ms"] = single
-            r["exact_norms_ms"], r["others"] = norms, o.cores
+            (r["exact_single_ms"], r["annoy_single_ms"]), r["others"] = single, o.cores
         if o.cores < QUIET:
             break
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,8 +187,8 @@ def measure(items: np.ndarray, probe: np.ndarray, evaluate: np.ndarray, trees: i
         r["annoy_file_mb"] = (Path(tmp) / "items.ann").stat().st_size / 2**20
     log(f"  annoy: search_k {r['search_k']} ({r['calibrate_s']:.1f} s to calibrate), "
         f"{r['annoy_batch_ms']:.3f} ms/q batch, recall@10 {r['annoy_recall']:.4f}, "
-        f"{r['annoy_file_mb']:.0f} MB; single query: exact {r['exact_single_ms']:.3f} ms "
-        f"(norms {r['exact_norms_ms']:.3f}), annoy {r['annoy_single_ms']:.3f} ms")
+        f"{r['annoy_file_mb']:.0f} MB; single query: exact {r['exact_single_ms']:.3f} ms, "
+        f"annoy {r['annoy_single_ms']:.3f} ms")
     return r
 
 
@@ -222,12 +208,17 @@ def crossover(sizes: list[int], exact: list[float], annoy: list[float]
     return sizes[first], float(np.exp(x[0] + (x[1] - x[0]) * -gap[0] / (gap[1] - gap[0])))
 
 
-def describe(first: int | None, at: float | None, sizes: list[int]) -> str:
+def describe(first: int | None, at: float | None, sizes: list[int],
+             ahead: list[int] = ()) -> str:
+    """How :func:`crossover`'s result reads; ``ahead``: sizes where Annoy is faster all the same."""
     if first is None:
         return f"at no size measured (up to {sizes[-1]:,})"
     if at is None:
         return f"already at the smallest size measured ({sizes[0]:,})"
-    return f"from {first:,} items on; the log-log lines cross at about {at:,.0f}"
+    also = [n for n in ahead if n < first]
+    return (f"from {first:,} items on; the log-log lines cross at about {at:,.0f}" +
+            (f" (Annoy is also ahead at {', '.join(f'{n:,}' for n in also)}: the lines run "
+             f"close there)" if also else ""))
 
 
 def cpu_name() -> str:
@@ -268,14 +259,15 @@ def plot(rows: list[dict], path: Path, cross: dict) -> None:
 
 def cells(r: dict) -> list[str]:
     return [f"{r['items']:,}", f"{r['others']:.2f}", f"{r['exact_single_ms']:.3f}",
-            f"{r['exact_norms_ms']:.3f}", f"{r['exact_batch_ms']:.3f}", str(r["exact_chunk"]),
+            f"{r['exact_batch_ms']:.3f}", str(r["exact_chunk"]),
             f"{r['annoy_build_s']:.1f}", f"{r['search_k']:,}", f"{r['annoy_single_ms']:.3f}",
             f"{r['annoy_batch_ms']:.3f}", f"{r['annoy_recall']:.4f}", f"{r['annoy_file_mb']:.0f}"]
 
 
-def round1(x: float) -> int:
-    """``x`` rounded to one significant digit."""
-    step = 10 ** int(np.floor(np.log10(x)))
+def round_half(x: float) -> int:
+    """``x`` rounded to a multiple of half its power of ten (59,256 -> 60,000; 244,347 ->
+    250,000)."""
+    step = 10 ** int(np.floor(np.log10(x))) / 2
     return int(round(x / step) * step)
 
 
@@ -287,14 +279,14 @@ def at_size(rows: list[dict], key: str, n: float) -> float:
 
 def recommend(rows: list[dict], cross: dict) -> tuple[int | None, str]:
     """The constant the measurements support: the size from which Annoy is faster both for one
-    query and in a batch (exact's best case), rounded to one digit; and the reason."""
+    query and in a batch (exact's best case), rounded; and the reason."""
     ends = []
     for kind in ("single", "batch"):
         if cross[kind] is None:
             return None, (f"Annoy never stays faster ({kind}) up to {rows[-1]['items']:,} "
                           f"items: `AUTO_ANNOY_ITEMS` should be at least that")
         ends.append(cross[f"{kind}_interp"] or cross[kind])
-    rec = round1(max(ends))
+    rec = round_half(max(ends))
     return rec, (f"`AUTO_ANNOY_ITEMS` = **{rec:,}**, where Annoy starts to beat exact in a "
                  f"batch as well as for one query")
 
@@ -312,33 +304,35 @@ def interpret(rows: list[dict], cross: dict) -> str:
 users and `similar_items` asks for one item, both through `_nearest`. Annoy gains nothing from
 a batch (`AnnoyIndex.query` loops over it); the batch columns show exact scoring at its best.
 - One query: exact grows linearly with the catalogue ({lo['exact_single_ms']:.2f} ms at
-{lo['items']:,} items, {hi['exact_single_ms']:.1f} ms at {hi['items']:,}); much of it, and most
-at large sizes, is the item-norm term (`of which norms ms`): `pairwise_squared_distance` squares
-and sums every item vector on every call, into a temporary as large as the catalogue. Annoy's
-time grows slowly ({lo['annoy_single_ms']:.2f} -> {hi['annoy_single_ms']:.2f} ms, `search_k`
+{lo['items']:,} items, {hi['exact_single_ms']:.1f} ms at {hi['items']:,}): every call reads all
+item vectors and writes temporaries as large as the catalogue (`pairwise_squared_distance`
+squares and sums every item vector again), so it is memory-bound. Annoy's time grows slowly
+({lo['annoy_single_ms']:.2f} -> {hi['annoy_single_ms']:.2f} ms, `search_k`
 {lo['search_k']:,} -> {hi['search_k']:,}). Exact / Annoy: {ratios}.
 - Annoy's recall@10 is {min(recalls):.3f}-{max(recalls):.3f}: it misses
 {1 - max(recalls):.1%}-{1 - min(recalls):.1%} of the true top 10. So latency alone is not the
-rule: exact should be kept while it is competitive in its best case (a batch) and cheap for one
-query, and Annoy chosen from where it wins both ways.
+rule: exact is kept while it matches Annoy in its best case (a batch), and Annoy chosen from
+where it wins both ways.
 """
     if rec is None:
         return text + f"- Measurements support: {reason}.\n"
-    text += (f"- Measurements support {reason}: up to there one exact query takes at most about "
-             f"{at_size(rows, 'exact_single_ms', rec):.1f} ms (Annoy "
-             f"{at_size(rows, 'annoy_single_ms', rec):.1f} ms), and Annoy's build there is about "
+    text += (f"- Measurements support {reason}. Below it exact batched scoring is about as fast "
+             f"per query as Annoy, as the comment in `index.py` says; one exact query costs up to "
+             f"about {at_size(rows, 'exact_single_ms', rec):.1f} ms there (Annoy "
+             f"{at_size(rows, 'annoy_single_ms', rec):.1f} ms), Annoy's build about "
              f"{at_size(rows, 'annoy_build_s', rec):.0f} s.\n")
     if lo["items"] <= AUTO_ANNOY_ITEMS <= hi["items"]:
         e1, a1, eb, ab = (at_size(rows, k, AUTO_ANNOY_ITEMS) for k in (
             "exact_single_ms", "annoy_single_ms", "exact_batch_ms", "annoy_batch_ms"))
         verdict = ("too high" if rec < AUTO_ANNOY_ITEMS / 1.5 else
                    "too low" if rec > AUTO_ANNOY_ITEMS * 1.5 else "about right")
-        text += (f"- The current {AUTO_ANNOY_ITEMS:,} is **{verdict}**: there one query takes "
-                 f"{e1:.1f} ms exact vs {a1:.2f} ms with Annoy ({e1 / a1:.0f}x), and batched "
-                 f"exact {eb:.2f} vs {ab:.2f} ms per query. The comment in `index.py` (\"below "
-                 f"it, exact batched scoring is as fast per query\") holds below about "
-                 f"{cross['batch_interp'] or cross['batch']:,.0f} items, not 200,000.\n")
-    return text
+        text += (f"- By that rule the current {AUTO_ANNOY_ITEMS:,} is **{verdict}**: there exact "
+                 f"takes {eb:.2f} ms per query in a batch vs {ab:.2f} with Annoy, and "
+                 f"{e1:.1f} ms vs {a1:.2f} for one query ({e1 / a1:.1f}x).\n")
+    single = describe(cross["single"], cross["single_interp"], [r["items"] for r in rows])
+    return text + (f"- For one query, the path the package takes, Annoy is faster {single}: a "
+                   f"lower constant would buy that speed-up with {1 - max(recalls):.1%}-"
+                   f"{1 - min(recalls):.1%} of the top 10.\n")
 
 
 def wrap(text: str, width: int = 100) -> str:
@@ -363,6 +357,7 @@ def wrap(text: str, width: int = 100) -> str:
 def write_md(path: Path, rows: list[dict], cross: dict, meta: dict) -> None:
     table = "\n".join([header(COLUMNS[:1], COLUMNS[1:]), *(row(cells(r)) for r in rows)])
     sizes = [r["items"] for r in rows]
+    ahead = [r["items"] for r in rows if r["annoy_batch_ms"] < r["exact_batch_ms"]]
     path.write_text(wrap(f"""# Nearest-item index: exact vs Annoy against catalogue size
 
 Command:
@@ -387,9 +382,7 @@ users drawn from the same clusters. Annoy: {meta['trees']} trees, `search_k` cal
 median over {SINGLE} queries (after {WARMUP} warm-up) of each one's best of {RUNS} passes over
 them (a busy core stalls torch's second thread), exact and Annoy interleaved query by query.
 Batch: {BATCH} queries in one `query` call, best of {REPEAT}, ms per query; the exact index scores
-them `exact chunk` rows at a time (the package's 1024, fewer where one `[chunk, items]` float32
-block would pass {meta['block_mb']} MB). `of which norms ms`: the item-norm term alone
-(`vectors.pow(2).sum(1)`), recomputed on every exact query.
+them `exact chunk` rows at a time (the package's block: 64 MiB of float32 scores).
 
 {table}
 
@@ -398,7 +391,7 @@ block would pass {meta['block_mb']} MB). `of which norms ms`: the item-norm term
 ## Crossover
 
 - One query: Annoy is faster {describe(cross['single'], cross['single_interp'], sizes)}.
-- Batch of {BATCH}: Annoy is faster {describe(cross['batch'], cross['batch_interp'], sizes)}.
+- Batch of {BATCH}: Annoy is faster {describe(cross['batch'], cross['batch_interp'], sizes, ahead)}.
 {interpret(rows, cross)}"""))
 
 
@@ -409,24 +402,34 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--trees", type=int, default=50, help="Annoy n_trees (package default 50)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--block-mb", type=int, default=1024,
-                    help="largest [chunk, items] float32 block of the exact batch, MB")
     ap.add_argument("--out-dir", type=Path, help="write index.md, index.json, index.png here")
+    ap.add_argument("--render", type=Path, metavar="INDEX_JSON",
+                    help="measure nothing: report the rows of a saved index.json again")
     args = ap.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
-    clusters = Clusters(args.dim, args.seed)
-    queries = clusters.draw(PROBE + BATCH, stream=2)
-    probe, evaluate = queries[:PROBE], queries[PROBE:]
-    rows = []
-    for n in sizes:
-        log(f"{n:,} items (load {os.getloadavg()[0]:.2f})")
-        items = clusters.draw(n, stream=1)
-        rows.append(measure(items, probe, evaluate, args.trees, args.seed, args.block_mb))
-        del items
-        gc.collect()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        rows, meta = saved["rows"], saved["meta"]
+    else:
+        meta = {"command": shlex.join(["python", "experiments/bench_index.py", *sys.argv[1:]]),
+                "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
+                "load_before": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+                "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                "torch": torch.__version__, "annoy": version("annoy"), "numpy": np.__version__,
+                "seed": args.seed, "dim": args.dim, "trees": args.trees}
+        clusters = Clusters(args.dim, args.seed)
+        queries = clusters.draw(PROBE + BATCH, stream=2)
+        probe, evaluate = queries[:PROBE], queries[PROBE:]
+        rows = []
+        for n in map(int, args.sizes.split(",")):
+            log(f"{n:,} items (load {os.getloadavg()[0]:.2f})")
+            items = clusters.draw(n, stream=1)
+            rows.append(measure(items, probe, evaluate, args.trees, args.seed))
+            del items
+            gc.collect()
+        meta["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
+    sizes = [r["items"] for r in rows]
     cross = {}
     for kind in ("single", "batch"):
         cross[kind], cross[f"{kind}_interp"] = crossover(
@@ -455,14 +458,6 @@ def main(argv: list[str] | None = None) -> dict:
                 "recommended_auto_annoy_items": recommend(rows, cross)[0]}
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"command": shlex.join(["python", "experiments/bench_index.py", *sys.argv[1:]]),
-                "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
-                "load_before": load_before,
-                "load_after": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-                "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                "torch": torch.__version__, "annoy": version("annoy"), "numpy": np.__version__,
-                "seed": args.seed, "dim": args.dim, "trees": args.trees,
-                "block_mb": args.block_mb}
         write_md(args.out_dir / "index.md", rows, cross, meta)
         (args.out_dir / "index.json").write_text(json.dumps(
             {"meta": meta, "rows": rows, "headline": headline}, indent=1) + "\n")
