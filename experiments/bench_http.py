@@ -112,10 +112,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, timeout: float = 120.0) -> subprocess.Popen:
+def start_server(model_dir: Path, port: int, timeout: float = 120.0, workers: int = 1
+                 ) -> subprocess.Popen:
     """``recsys-metric serve model_dir`` on 127.0.0.1:port, returned once /health answers."""
     proc = subprocess.Popen([sys.executable, "-m", "recsys_metric.cli", "serve", str(model_dir),
-                             "--port", str(port)], stdout=subprocess.PIPE, text=True)
+                             "--port", str(port), "--workers", str(workers)],
+                            stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -233,9 +235,17 @@ async def _load(port: int, requests: list, clients: int, seconds: float, kind: s
 
 
 def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system, all threads) of process ``pid`` and its live children (the
+    worker processes of ``serve --workers``)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _busy() -> float:
@@ -336,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
                                             "127.0.0.1:PORT instead of starting one (its CPU "
                                             "is then not measured)")
     p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1, help="serve --workers (default 1)")
     p.add_argument("--requests", type=int, default=20000, help="per phase (default 20000)")
     p.add_argument("--seconds", type=float, default=30.0, help="per phase (default 30)")
     p.add_argument("--warmup", type=int, default=2000, help="requests before the phases")
@@ -363,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if port is None:
             port = free_port()
-            server = start_server(model_dir, port)
+            server = start_server(model_dir, port, workers=args.workers)
         pid = server.pid if server else None
         # this process holds torch and the model too: without this, a full collection over
         # them stalls the client ~100 ms now and then, a latency that is not the server's

@@ -404,7 +404,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    serve(args.model, host=args.host, port=args.port)
+    serve(args.model, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -715,6 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1;"
                                                        " 0.0.0.0 for every interface)")
     p.add_argument("--port", type=_positive, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="server processes sharing the port, each with the model loaded "
+                        "(default 1; about one per core)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train on the bundled books data, recommend, evaluate")

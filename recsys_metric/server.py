@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -208,15 +209,14 @@ def create_app(model: Recommender) -> Starlette:
         Exception: error(500)})
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the model in ``model_dir`` once and serve it on ``host:port`` until interrupted."""
-    import torch
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          workers: int = 1) -> None:
+    """Load the model in ``model_dir`` and serve it on ``host:port`` until interrupted, in
+    ``workers`` processes sharing the listening socket (each loads the model once; the Annoy
+    file is memory-mapped, so they share its pages)."""
     import uvicorn
 
-    # One request is scored at a time (the event loop): torch's intra-op threads only fight
-    # the server's own thread for the cores (2 threads on 2 cores: 2.4x the CPU per request).
-    torch.set_num_threads(1)
-    model = Recommender.load(model_dir)
+    model = Recommender.load(model_dir)  # here too: a damaged model fails before listening
     # Bind here, not in uvicorn: a busy port is then an OSError the CLI reports in one line.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
@@ -231,10 +231,40 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> N
         raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     url = f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"
     print(f"recsys-metric: serving {model_dir} ({len(model.users_)} users, "
-          f"{len(model.items_)} items) on {url}", flush=True)
-    config = uvicorn.Config(create_app(model), log_level="warning", access_log=False)
+          f"{len(model.items_)} items) on {url}"
+          + (f" in {workers} processes" if workers > 1 else ""), flush=True)
+    options = dict(log_level="warning", access_log=False)
+    if workers == 1:
+        config = uvicorn.Config(_ready(model), **options)
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    del model
+    os.environ[_MODEL_ENV] = str(model_dir)  # the workers are spawned: they read it there
+    config = uvicorn.Config(f"{__name__}:_worker_app", factory=True, workers=workers, **options)
+    Multiprocess(config, sockets=[sock]).run()
+
+
+_MODEL_ENV = "RECSYS_METRIC_SERVE_MODEL"
+
+
+def _worker_app() -> Starlette:
+    """A worker process's app: the model of :data:`_MODEL_ENV`, loaded once."""
+    return _ready(Recommender.load(os.environ[_MODEL_ENV]))
+
+
+def _ready(model: Recommender) -> Starlette:
+    """The app of ``model``, this process readied to serve it."""
+    import torch
+
+    # One request batch is scored at a time (the event loop): torch's intra-op threads only
+    # fight the server's own thread for the cores (2 threads on 2 cores: 2.4x the CPU per
+    # request).
+    torch.set_num_threads(1)
+    app = create_app(model)
     # torch and the model leave a few 10^5 long-lived objects: a full collection scanning them
     # stalls every request in flight (~100 ms measured); frozen, collections skip them.
     gc.collect()
     gc.freeze()
-    uvicorn.Server(config).run(sockets=[sock])
+    return app

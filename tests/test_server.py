@@ -198,11 +198,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_end_to_end(tmp_path, model):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_end_to_end(tmp_path, model, workers):
     model.save(tmp_path / "m")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "recsys_metric.cli", "serve",
-                             str(tmp_path / "m"), "--port", str(port)],
+                             str(tmp_path / "m"), "--port", str(port), "--workers", str(workers)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
