@@ -21,7 +21,7 @@ them to a thread cost 3-4x the server's CPU per request and tripled p99 under 64
 cores. The ``GET /recommend`` requests that arrive together are scored together
 (:class:`_Batcher`): one call for all of them costs little more than one call for one (about a
 millisecond, most of it fixed cost), which under 64 clients cut the server's CPU per request
-from 1.1 ms to SERVER_MS (``experiments/results/serving_http.md``, which also measures the rest
+from 1.1 ms to 0.26 ms (``experiments/results/serving_http.md``, which also measures the rest
 of this module's choices).
 """
 
