@@ -315,8 +315,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if not users and not new_items:
         raise ValueError("recommend: give --user ID[,ID...], --users-file F, --all, or --items "
                          "(a new user's items)")
+    if new_items and len(users) > 1:
+        raise ValueError("recommend: --items are one user's: give them alone (a new user) or "
+                         "with one --user")
     keep = dict(N=args.k, filter_already_liked_items=not args.keep_liked)
-    if args.out or (len(users) > 1 and not args.json):
+    if (args.out and not new_items) or (len(users) > 1 and not args.json):
         frame = model.recommend_frame(users, **keep, show_progress=not args.quiet,
                                       explain=args.explain)
         if not args.out:
@@ -339,6 +342,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                   recalculate_user=user is not None and extra is not None)
     because = ([model.explain(user, i, user_items=extra) for i in ids] if args.explain
                else None)
+    if args.out:  # one user's list as the batch table
+        import pandas as pd
+
+        frame = pd.DataFrame({"user": user or "", "rank": range(1, len(ids) + 1), "item": ids,
+                              "score": scores, "name": [model.item_names_.get(i, "")
+                                                        for i in ids]})
+        if because is not None:
+            frame["because"] = ["|".join(b[0]) for b in because]
+        _write_frame(frame, args.out)
+        print(f"{len(frame)} recommendations written to {args.out}", file=sys.stderr)
+        return 0
     if not args.json:
         who = (f"user {user}" + (f" with {len(extra)} new items" if extra else "") if user
                else f"a new user with {len(extra)} items (folded in)")

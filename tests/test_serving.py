@@ -244,14 +244,15 @@ def test_cli_batch_modes(saved, tmp_path, capsys, books):
     assert len(pd.read_parquet(pq)) == 4 * data.n_users
 
 
-def test_cli_fold_in_explain_and_similar(saved, capsys, books):
+def test_cli_fold_in_explain_and_similar(saved, capsys, books, tmp_path):
     data, model = books
     mine = list(data.items.raw(model.liked_[0].indices))
     assert main(["recommend", saved, "--items", ",".join(mine), "-k", "3", "--json",
                  "--explain"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["user"] is None
-    assert [i["item"] for i in got["items"]] == list(model.recommend(user_items=mine, N=3)[0])
+    got_items = [i["item"] for i in got["items"]]
+    assert got_items == list(model.recommend(user_items=mine, N=3)[0])
     assert all(set(x["item"] for x in i["because"]) <= set(mine) for i in got["items"])
     assert main(["recommend", saved, "--user", data.users.ids[0], "-k", "2"]) == 0
     text = capsys.readouterr().out
@@ -259,5 +260,11 @@ def test_cli_fold_in_explain_and_similar(saved, capsys, books):
     assert main(["similar", saved, "--item", f"{mine[0]},{mine[1]}", "-k", "2"]) == 0
     assert "basket" in capsys.readouterr().out
     assert main(["recommend", saved]) == 2
+    assert main(["recommend", saved, "--all", "--items", mine[0]]) == 2
+    assert "--items are one user's" in capsys.readouterr().err
+    out = tmp_path / "new.csv"
+    assert main(["recommend", saved, "--items", ",".join(mine), "-k", "3", "--out", str(out)]) == 0
+    assert pd.read_csv(out, dtype=str)["item"].tolist() == got_items
+    assert "3 recommendations written" in capsys.readouterr().err
     assert main(["recommend", saved, "--items", "nope"]) == 2
     assert "unknown item id 'nope'" in capsys.readouterr().err
