@@ -2,10 +2,10 @@
 
 A user unseen in training (or a known one with new items) gets a point without retraining: start
 at the mean of their items' rows, then take full-batch Adagrad steps on the user's rows alone,
-each step drawing the negatives as training does (the sampler's ``torch`` reference: uniform
+each step drawing the negatives as training does (the sampler's reference: uniform
 non-positives, the hardest of ``U`` for the triplet loss) and following the loss's rule of the
-distances (:mod:`.losses`). Seeded, so the same items give the same point; a few milliseconds
-per user, and many users fold in together in one batch.
+distances (:mod:`.losses`). Seeded by the items, so the same items give the same point, alone or
+in a batch; a few milliseconds per user, and many users fold in together.
 
 The same code folds a new item into a fixed user table: an item's "items" are the users who
 liked it (the distance is symmetric, so the loss is the same rule with the roles swapped).
@@ -26,7 +26,7 @@ from .sampling import reference
 # Adagrad steps per fold-in (at the model's learning rate). On the bundled books, folding every
 # train user back in from their items gives top-10 lists that share 84% of the trained ones from
 # the mean of the items (and the pull) alone, 86-88% after 10 to 100 steps: 10 it is, a few
-# milliseconds a user (tests/test_foldin.py holds the overlap).
+# milliseconds a user (tests/test_serving.py holds the overlap).
 STEPS = 10
 BLOCK_ROWS = 1024  # rows folded in together (their draws held at once)
 
