@@ -300,13 +300,13 @@ def interpret(rows: list[dict], cross: dict) -> str:
     text = f"""
 ## Interpretation
 
-- The package queries its index one vector at a time: `Recommender.recommend` loops over the
-users and `similar_items` asks for one item, both through `_nearest`. Annoy gains nothing from
-a batch (`AnnoyIndex.query` loops over it); the batch columns show exact scoring at its best.
+- The package queries its index in batches: `Recommender.recommend` on a list of users, and
+the server's requests of one event-loop turn, go to the index as one `query` (the batch columns);
+`similar_items` and a lone request are one query. Annoy gains nothing from a batch
+(`AnnoyIndex.query` loops over it).
 - One query: exact grows linearly with the catalogue ({lo['exact_single_ms']:.2f} ms at
 {lo['items']:,} items, {hi['exact_single_ms']:.1f} ms at {hi['items']:,}): every call reads all
-item vectors and writes temporaries as large as the catalogue (`pairwise_squared_distance`
-squares and sums every item vector again), so it is memory-bound. Annoy's time grows slowly
+item vectors and writes a score per item, so it is memory-bound. Annoy's time grows slowly
 ({lo['annoy_single_ms']:.2f} -> {hi['annoy_single_ms']:.2f} ms, `search_k`
 {lo['search_k']:,} -> {hi['search_k']:,}). Exact / Annoy: {ratios}.
 - Annoy's recall@10 is {min(recalls):.3f}-{max(recalls):.3f}: it misses
@@ -330,9 +330,9 @@ where it wins both ways.
                  f"takes {eb:.2f} ms per query in a batch vs {ab:.2f} with Annoy, and "
                  f"{e1:.1f} ms vs {a1:.2f} for one query ({e1 / a1:.1f}x).\n")
     single = describe(cross["single"], cross["single_interp"], [r["items"] for r in rows])
-    return text + (f"- For one query, the path the package takes, Annoy is faster {single}: a "
-                   f"lower constant would buy that speed-up with {1 - max(recalls):.1%}-"
-                   f"{1 - min(recalls):.1%} of the top 10.\n")
+    return text + (f"- For one query (`similar_items`, a lone request), Annoy is faster "
+                   f"{single}: a lower constant would buy that speed-up with "
+                   f"{1 - max(recalls):.1%}-{1 - min(recalls):.1%} of the top 10.\n")
 
 
 def wrap(text: str, width: int = 100) -> str:
