@@ -19,9 +19,12 @@ import numpy as np
 def cached(kernel) -> bool:
     """Whether numba ``kernel`` (a dispatcher with ``cache=True``) is compiled in this process
     or has an on-disk cache index: False means its next call compiles."""
-    cache_file = getattr(kernel._cache, "_cache_file", None)  # NullCache: never cached
-    return bool(kernel.signatures) or (cache_file is not None
-                                       and Path(cache_file._index_path).exists())
+    try:  # numba's private attributes: should they move, say nothing rather than fail a fit
+        cache_file = getattr(kernel._cache, "_cache_file", None)  # NullCache: never cached
+        return bool(kernel.signatures) or (cache_file is not None
+                                           and Path(cache_file._index_path).exists())
+    except AttributeError:
+        return True
 
 
 def compile_notice(kernel) -> None:
