@@ -262,11 +262,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = _config(args)
     check_target(args.out)  # before any work: never train a model that cannot be saved
-    data = _read(args)
-    if args.items:
-        data.item_names = read_item_names(args.items)
-    model = Recommender(config, index=args.index).fit(
-        data, show_progress=not args.quiet, warm_start=base, checkpoint_dir=args.checkpoint_dir)
+    group = None
+    if not args.distributed and (args.syncs or args.sync):
+        raise ValueError(f"{'--syncs' if args.syncs else '--sync'} applies with --distributed "
+                         "only")
+    if args.distributed:  # one of torchrun's processes: rank 0 saves, the others train
+        from .distributed import Group
+
+        group = Group.from_env(args.syncs or 8, args.sync or "allreduce", config.device)
+    try:
+        data = _read(args)
+        if args.items:
+            data.item_names = read_item_names(args.items)
+        model = Recommender(config, index=args.index).fit(
+            data, show_progress=not args.quiet, warm_start=base,
+            checkpoint_dir=args.checkpoint_dir, distributed=group)
+    finally:
+        if group is not None:
+            group.close()
+    if group is not None and group.rank > 0:
+        return 0
     model.save(args.out)
     last = model.history_[-1] if model.history_ else {}
     print(f"trained on {data.nnz} interactions ({data.n_users} users, {data.n_items} items) in "
@@ -632,6 +647,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default="auto", choices=("auto", "exact", "annoy"),
                    help="top-k search the model serves with: exact, Annoy, or auto (Annoy above "
                         "a measured catalogue size; default)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training, one process per rank, started by torchrun "
+                        "--nproc_per_node=N --no-python recsys-metric train ... (gloo on CPU, "
+                        "NCCL on CUDA; rank 0 saves)")
+    p.add_argument("--syncs", type=_positive,
+                   help="with --distributed: item-row merges per epoch (default 8)")
+    p.add_argument("--sync", choices=("allreduce", "owner"),
+                   help="with --distributed: merge by one all-reduce (default) or by shard "
+                        "owners (reduce, merge, broadcast)")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 

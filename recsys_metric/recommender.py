@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, modeldir
 from .data import IdMap, Interactions, normalize_id
+from .distributed import Group
 from .foldin import fold_in
 from .index import AnnoyIndex, ExactIndex, resolve_index
 from .model import pairwise_squared_distance
@@ -54,7 +55,8 @@ class Recommender:
             show_progress: bool = True, callbacks: Sequence = (),
             validation: str = "leave-last-out",
             warm_start: Recommender | str | Path | None = None,
-            checkpoint_dir: str | Path | None = None) -> Recommender:
+            checkpoint_dir: str | Path | None = None, distributed: Group | None = None
+            ) -> Recommender:
         """Train on ``interactions`` (or a users x items sparse matrix, as implicit's models
         take: :meth:`Interactions.from_matrix`, ids the row and column numbers). With
         ``config.patience > 0`` and no ``valid`` given, a validation split is carved from it in
@@ -67,7 +69,10 @@ class Recommender:
         ids of both (those only in ``warm_start`` keep their points and liked items).
         ``checkpoint_dir``: each epoch's state is written there atomically
         (:mod:`recsys_metric.checkpoint`); the same fit run again resumes after the last
-        epoch written and ends with the same tables."""
+        epoch written and ends with the same tables.
+        ``distributed``: this process's :class:`~recsys_metric.distributed.Group` in a
+        data-parallel fit (every rank calls ``fit`` on the same data; rank 0 checkpoints and
+        should save)."""
         if sp.issparse(interactions):
             interactions = Interactions.from_matrix(interactions)
         cfg = self.config.validate()
@@ -88,19 +93,20 @@ class Recommender:
 
         t0 = time.perf_counter()
         train = interactions.matrix
+
+        def trainer(config: TrainConfig) -> Trainer:
+            return Trainer(config, callbacks, show_progress, group=distributed)
+
         if cfg.patience and valid is None:
             sub, val = validation_split(interactions, validation, cfg.seed)
-            probe = Trainer(cfg, callbacks, show_progress).fit(sub, val, init,
-                                                               checkpoint("probe"))
+            probe = trainer(cfg).fit(sub, val, init, checkpoint("probe"))
             self.validation_history_ = probe.history
             epochs = probe.best_epoch or cfg.epochs
             refit = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs, "patience": 0})
-            result = Trainer(refit, callbacks, show_progress).fit(interactions, None, init,
-                                                                  checkpoint("fit"))
+            result = trainer(refit).fit(interactions, None, init, checkpoint("fit"))
             self.best_epoch_ = epochs
         else:
-            result = Trainer(cfg, callbacks, show_progress).fit(interactions, valid, init,
-                                                                checkpoint("fit"))
+            result = trainer(cfg).fit(interactions, valid, init, checkpoint("fit"))
             self.validation_history_ = result.history if valid is not None else []
             self.best_epoch_ = result.best_epoch
         self.history_ = result.history

@@ -38,6 +38,7 @@ from . import sampling, time_order
 from .checkpoint import Checkpoint, fingerprint, restore, state_of
 from .data import Interactions
 from .device import check_device_name, resolve_device
+from .distributed import Group, ItemMerge
 from .losses import DISTANCES, LOSSES, CovarianceLoss, loss_terms, rank_weight, surrogate
 from .model import CML, pairwise_squared_distance, unit_rows
 
@@ -370,10 +371,13 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig | None = None, callbacks: Sequence[Callback] = (),
-                 show_progress: bool = True, valid_metrics: Sequence[str] = ()) -> None:
+                 show_progress: bool = True, valid_metrics: Sequence[str] = (),
+                 group: Group | None = None) -> None:
         self.config = (config or TrainConfig()).validate()
-        self.callbacks = list(callbacks)
-        self.show_progress = show_progress
+        self.group = group or Group()  # one process unless torchrun started several
+        self.lead = self.group.rank == 0  # validates, checkpoints, reports, calls callbacks
+        self.callbacks = list(callbacks) if self.lead else []
+        self.show_progress = show_progress and self.lead
         self.valid_metrics = list(valid_metrics)
 
     def fit(self, train: Interactions | sp.csr_matrix,
@@ -430,7 +434,13 @@ class Trainer:
             rows = train = train.tocsr()
             rows.sort_indices()
         self._again = again
-        self.n_pairs = rows.nnz + (0 if again is None else len(again))
+        # this rank's rows of the users' table (all of them on one process)
+        entry_rows = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+        self._rows = self.group.row_range(
+            np.bincount(entry_rows, minlength=rows.shape[0])
+            + (0 if again is None else np.bincount(entry_rows[again], minlength=rows.shape[0])))
+        del entry_rows
+        self.n_pairs = len(self._pairs(rows)[0])
         dev = resolve_device(cfg.device)
         self.n_negatives = cfg.negatives_for(n_items)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -448,6 +458,8 @@ class Trainer:
         if init is not None and len(init) == 4 and accumulators is not None:
             for acc, given in zip(accumulators, init[2:], strict=True):
                 _copy_rows(acc, given)
+        user_tables = [model.users.weight.data] + ([] if accumulators is None
+                                                   else [accumulators[0]])
 
         result = TrainResult(np.empty(0), np.empty(0), loop="fused-cpu" if fused_cpu
                              else f"torch+{backend}")
@@ -456,8 +468,11 @@ class Trainer:
         start, stopped = 0, False
         ckpt = None
         if checkpoint is not None:
+            g = self.group  # the ranks' partition and merges make another run of another job
+            job = [] if g.world == 1 else [g.world, g.syncs, g.mode]
             ckpt = Checkpoint(checkpoint, fingerprint(
-                cfg.to_dict(), rows, [None if valid is None else valid.nnz, init is not None]))
+                cfg.to_dict(), rows, [None if valid is None else valid.nnz, init is not None,
+                                      *job]))
             saved = ckpt.load()
             if saved is not None:  # resume after the saved epoch
                 model.load_state_dict(saved["model"])
@@ -476,14 +491,16 @@ class Trainer:
                    disable=None if self.show_progress else True)
         for epoch in bar:
             t = time.perf_counter()
+            self.merge.reset()  # the ranks' common item rows (they may have been restored)
             loss, active = epoch_fn(epoch)
+            self.group.share_rows(user_tables, *self._rows)  # every rank: the whole model
             secs = time.perf_counter() - t
             logs = {"epoch": epoch + 1, "loss": loss, "active": active, "seconds": secs,
                     "triplets_per_s": self.n_pairs / max(secs, 1e-9)}
             validating = valid is not None and valid.nnz
             if validating or epoch >= cfg.epochs - cfg.average_last:
                 tail.add()
-            if validating:  # the model as it would be if training stopped here
+            if validating and self.lead:  # the model as it would be if training stopped here
                 from .evaluation import evaluate_ranking
                 ks = {10, *(int(key.split("@")[1]) for key in self.valid_metrics if "@" in key)}
                 with tail.applied():
@@ -500,14 +517,15 @@ class Trainer:
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
                              if k in ("loss", "triplets_per_s", "val_NDCG@10")})
             stop = any(cb(epoch + 1, logs) for cb in self.callbacks)
-            stop = stop or bool(cfg.patience and waited >= cfg.patience)
-            if ckpt is not None:
+            stop = bool(self.group.agree(stop or bool(cfg.patience and waited >= cfg.patience)))
+            if ckpt is not None and self.lead:
                 ckpt.save({"epoch": epoch + 1, "stopped": stop, "model": model.state_dict(),
                            "loop": state_of(loop_state), "tail": list(tail.tables),
                            "best": best, "waited": waited, "best_state": best_state,
                            "best_epoch": result.best_epoch, "history": result.history})
             if stop:
                 break
+        result.best_epoch = int(self.group.agree(result.best_epoch or 0)) or None
         if cfg.patience and best_state is not None:
             model.load_state_dict(best_state)
         else:
@@ -523,13 +541,18 @@ class Trainer:
     # -- the two loops ---------------------------------------------------------------------------
 
     def _pairs(self, train: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """The epoch's (user, item) pairs: every positive, then the latest ones again."""
+        """The epoch's (user, item) pairs: every positive, then the latest ones again; of this
+        rank's rows only."""
         users = np.repeat(np.arange(train.shape[0], dtype=np.int32), np.diff(train.indptr))
         items = train.indices.astype(np.int32)
-        if self._again is None:
-            return users, items
-        return (np.concatenate([users, users[self._again]]),
-                np.concatenate([items, items[self._again]]))
+        if self._again is not None:
+            users = np.concatenate([users, users[self._again]])
+            items = np.concatenate([items, items[self._again]])
+        lo, hi = self._rows
+        if (lo, hi) != (0, train.shape[0]):
+            mine = (users >= lo) & (users < hi)
+            users, items = users[mine], items[mine]
+        return users, items
 
     def _permutation(self, nnz: int, epoch: int) -> np.ndarray:
         return np.random.default_rng((self.config.seed, epoch)).permutation(nnz)
@@ -550,10 +573,12 @@ class Trainer:
         item_acc = cpu_train.adagrad_accumulator(item_emb, rowwise)
 
         lanes = fused_lanes(cfg.lanes, item_emb.shape[0])
+        self.merge = ItemMerge(self.group, item_emb, item_acc, cfg.clip_norm)
 
         def run(epoch: int) -> tuple[float, int]:  # the kernel draws its random blocks itself
             common = dict(lr=cfg.lr, clip_norm=cfg.clip_norm, seed=cfg.seed, epoch=epoch,
-                          lanes=lanes, block_size=cfg.batch_size, shuffle=True)
+                          lanes=lanes, block_size=cfg.batch_size, shuffle=True,
+                          syncs=self.group.syncs, sync=self.merge)
             if cfg.loss == "triplet":
                 loss_sum, active = cpu_train.run_epoch(
                     pairs, user_emb, item_emb, user_acc, item_acc, n_candidates=self.n_negatives,
@@ -564,7 +589,7 @@ class Trainer:
                     n_negatives=self.n_negatives, distance=cfg.distance, sampler=cfg.sampler,
                     shared=cfg.shared_negatives, margin=cfg.margin,
                     negative_weight=cfg.negative_weight, temperature=cfg.temperature, **common)
-            return loss_sum / len(pairs), int(active)
+            return loss_sum / max(len(pairs), 1), int(active)
 
         return run, {"user_acc": user_acc, "item_acc": item_acc}
 
@@ -577,13 +602,19 @@ class Trainer:
         n_items = train.shape[1]
         draw = _TorchNegatives(cfg, train, pair_items, self.n_negatives, backend)
         opt = make_optimizer(model, cfg)
+        acc = _accumulators(model, {"optimizer": opt})
+        self.merge = ItemMerge(self.group, model.items.weight.data,
+                               None if acc is None else acc[1], cfg.clip_norm)
         n_pairs = len(pair_users)
         n_steps = -(-n_pairs // cfg.batch_size)
+        syncs = self.group.syncs
 
         def run(epoch: int) -> tuple[float, int]:
             perm = torch.as_tensor(self._permutation(n_pairs, epoch), device=dev)
             total = torch.zeros((), device=dev)
             active = torch.zeros((), dtype=torch.long, device=dev)
+            # the ranks merge their item rows `syncs` times, after about equal runs of steps
+            merges = deque(n_steps * k // syncs for k in range(1, syncs + 1))
             for step in range(n_steps):
                 idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 u, p = pair_users[idx], pair_items[idx]
@@ -602,7 +633,12 @@ class Trainer:
                 # Accumulate on device: .item() here would be a CPU-GPU sync every step.
                 total += value.sum()
                 active += ((c_pos != 0) | (c_neg != 0).any(1)).sum()
-            return float(total) / n_pairs, int(active)
+                while merges and merges[0] <= step + 1:
+                    merges.popleft()
+                    self.merge()
+            for _ in merges:  # a rank without pairs
+                self.merge()
+            return float(total) / max(n_pairs, 1), int(active)
 
         return run, {"optimizer": opt, "negatives": draw.gen}
 

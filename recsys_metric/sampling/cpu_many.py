@@ -26,6 +26,8 @@ numba is imported behind a guard (see :mod:`._numba_ops`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ._numba_ops import _PAR, _hash, _mulhi, _require_numba, _stream_key, njit, prange
@@ -38,6 +40,7 @@ from .cpu_train import (
     _scratch,
     _softmax,
     _step,
+    step_bounds,
 )
 from .strata import EpochPairs, _draw_stratum, plan_epoch
 
@@ -178,7 +181,7 @@ def _is_pos(indptr, indices, bits, sptr, spos, u, s, L, item, j):
 @njit(**_PAR)
 def _many_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sptr, spos, bits, cum,
                  user_emb, user_acc, item_emb, item_acc, n_neg, loss_id, p1, p2, cosine, popular,
-                 shared, lr, clip_norm, key, block):
+                 shared, lr, clip_norm, key, block, t_lo, t_hi):
     L = item_ptr.shape[0] - 1
     n_items, dim = item_emb.shape
     P = pairs.shape[0]
@@ -196,7 +199,7 @@ def _many_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, spt
     n_blocks = 0
     for b in range(L * L):
         n_blocks = max(n_blocks, (bucket_ptr[b + 1] - bucket_ptr[b] + block - 1) // block)
-    for t in range(n_blocks * L):
+    for t in range(t_lo, min(n_blocks * L, t_hi)):
         for lane in prange(L):
             s = (lane + t) % L
             b = lane * L + s
@@ -324,11 +327,12 @@ def run_epoch(pairs: EpochPairs, user_emb: np.ndarray, item_emb: np.ndarray,
               distance: str = "euclidean", sampler: str = "uniform", shared: bool = False,
               margin: float = 0.5, negative_weight: float = 1.0, temperature: float = 0.1,
               lr: float = 0.1, clip_norm: float = 1.0, seed: int = 0, epoch: int = 0,
-              lanes: int = 1, block_size: int = 4096, shuffle: bool = True) -> tuple[float, int]:
+              lanes: int = 1, block_size: int = 4096, shuffle: bool = True, syncs: int = 1,
+              sync: Callable[[], None] | None = None) -> tuple[float, int]:
     """One epoch of the contrastive or softmax loss over the prepared pairs, in place (the
     module docstring; the plan, ``lanes``, ``block_size`` and ``shuffle`` as
-    :func:`.cpu_train.run_epoch`). Returns the summed loss and the number of pairs that moved a
-    row."""
+    :func:`.cpu_train.run_epoch`, and so are ``syncs`` and ``sync``). Returns the summed loss and
+    the number of pairs that moved a row."""
     _require_numba()
     _check_tables(user_emb, item_emb, user_acc, item_acc)
     if user_emb.shape[0] != pairs.n_users or item_emb.shape[0] != pairs.n_items:
@@ -347,12 +351,19 @@ def run_epoch(pairs: EpochPairs, user_emb: np.ndarray, item_emb: np.ndarray,
         items = np.arange(pairs.n_items, dtype=np.int32)
     cum = (_running_counts(pairs, items, item_ptr) if sampler == "popularity"
            else np.zeros(1, np.int64))
-    loss_sum, active = _many_kernel(
-        pairs.indptr, pairs.indices, pairs.pairs, order, bucket_ptr, items, item_ptr, sptr, spos,
-        bits, cum, user_emb, user_acc, item_emb, item_acc, np.int64(n_negatives), loss_id, p1, p2,
-        distance == "cosine", sampler == "popularity", bool(shared), np.float32(lr),
-        np.float32(clip_norm), key, np.int64(block))
-    return float(loss_sum), int(active)
+    loss_sum, active = 0.0, 0
+    bounds = step_bounds(bucket_ptr, block, syncs)
+    for t_lo, t_hi in zip(bounds[:-1], bounds[1:], strict=True):
+        part = _many_kernel(
+            pairs.indptr, pairs.indices, pairs.pairs, order, bucket_ptr, items, item_ptr, sptr,
+            spos, bits, cum, user_emb, user_acc, item_emb, item_acc, np.int64(n_negatives),
+            loss_id, p1, p2, distance == "cosine", sampler == "popularity", bool(shared),
+            np.float32(lr), np.float32(clip_norm), key, np.int64(block), np.int64(t_lo),
+            np.int64(t_hi))
+        loss_sum, active = loss_sum + float(part[0]), active + int(part[1])
+        if sync is not None:
+            sync()
+    return loss_sum, active
 
 
 __all__ = ["LOSS_IDS", "apply_pairs", "run_epoch"]

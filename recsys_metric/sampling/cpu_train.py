@@ -35,6 +35,8 @@ and :func:`train_epoch` raises ``ImportError``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -253,8 +255,9 @@ def _wait(ctl, field, value):
 @njit(**_PAR)
 def _train_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sptr, spos, bits,
                   user_emb, user_acc, item_emb, item_acc, n_cand, margin, lr, rank_weight,
-                  clip_norm, key, block, n_tasks):
-    """Steps of (a) scoring and (b) updates, one block per lane and step.
+                  clip_norm, key, block, n_tasks, t_lo, t_hi):
+    """Steps ``t_lo`` to ``t_hi`` (excluded) of (a) scoring and (b) updates, one block per lane
+    and step.
 
     ``L`` > 1 lanes: at step ``t`` lane ``l`` takes block ``t // L`` of its bucket of stratum
     ``(l + t) % L``: the lanes of a step touch disjoint user rows and disjoint item rows, so
@@ -281,11 +284,12 @@ def _train_kernel(indptr, indices, pairs, order, bucket_ptr, items, item_ptr, sp
     n_blocks = 0  # per bucket, at most
     for b in range(L * L):
         n_blocks = max(n_blocks, (bucket_ptr[b + 1] - bucket_ptr[b] + block - 1) // block)
-    n_steps = n_blocks * L
+    n_steps = min(n_blocks * L, t_hi)
     n_chunks = (block + _CHUNK - 1) // _CHUNK if L == 1 else 0  # (a) claims per step, one lane
-    ctl = np.zeros((n_steps, 8), np.int64)  # per step: chunks claimed, done; lanes claimed, done
+    # per step: chunks claimed, done; lanes claimed, done
+    ctl = np.zeros((max(n_steps, 1), 8), np.int64)
     for _task in prange(n_tasks):
-        for t in range(n_steps):
+        for t in range(t_lo, n_steps):
             lo0 = t * block  # one lane: the step's pairs
             hi0 = min(lo0 + block, bucket_ptr[1])
             while True:  # (a), one lane: chunks of the block, by any task
@@ -397,6 +401,8 @@ def run_epoch(
     lanes: int = 1,
     block_size: int = 4096,
     shuffle: bool = False,
+    syncs: int = 1,
+    sync: Callable[[], None] | None = None,
 ) -> tuple[float, int]:
     """One CML epoch over the prepared pairs (:func:`prepare_pairs`), in place.
 
@@ -433,6 +439,10 @@ def run_epoch(
         Draw each block as a random sample of its bucket's pairs, from ``(seed, epoch)``, and
         visit it in the caller's order (the Trainer's choice; see ``strata._visit_order``),
         rather than cutting the caller's order into blocks as it is.
+    syncs, sync : int, callable
+        The epoch's steps are run in ``syncs`` ranges of about equal length (:func:`step_bounds`),
+        ``sync()`` called after each (data-parallel training merges the item rows there,
+        :mod:`recsys_metric.distributed`). The ranges alone change nothing: the same tables.
 
     Extra memory: the visiting order (4 B per pair), the positives by stratum (a bit-set of at
     most ``BITSET_BUDGET_BYTES``, else 4 B per positive) and ``O(lanes * block_size)``, whatever
@@ -457,9 +467,27 @@ def run_epoch(
     key = _stream_key(seed, epoch)
     block = min(block_size, max(1, len(pairs)))
     plan = plan_epoch(pairs, lanes, key, bool(shuffle), block, len(pairs) * n_candidates)
-    loss, active = _train_kernel(
-        pairs.indptr, pairs.indices, pairs.pairs, *plan, user_emb, user_acc, item_emb, item_acc,
-        np.int64(n_candidates), np.float32(margin), np.float32(lr), bool(rank_weight),
-        np.float32(clip_norm), key, np.int64(block), np.int64(numba.get_num_threads()),
-    )
-    return float(loss), int(active)
+    loss, active = 0.0, 0
+    bounds = step_bounds(plan[1], block, syncs)
+    for t_lo, t_hi in zip(bounds[:-1], bounds[1:], strict=True):
+        part = _train_kernel(
+            pairs.indptr, pairs.indices, pairs.pairs, *plan, user_emb, user_acc, item_emb,
+            item_acc, np.int64(n_candidates), np.float32(margin), np.float32(lr),
+            bool(rank_weight), np.float32(clip_norm), key, np.int64(block),
+            np.int64(numba.get_num_threads()), np.int64(t_lo), np.int64(t_hi),
+        )
+        loss, active = loss + float(part[0]), active + int(part[1])
+        if sync is not None:
+            sync()
+    return loss, active
+
+
+def step_bounds(bucket_ptr: np.ndarray, block: int, parts: int) -> list[int]:
+    """The steps of an epoch planned into buckets ``bucket_ptr`` (``lanes**2`` of them, each
+    run ``block`` pairs per step, the lanes' blocks of a step in parallel) cut into ``parts``
+    ranges of about equal length: ``parts + 1`` bounds."""
+    if parts < 1:
+        raise ValueError(f"syncs must be >= 1, got {parts}")
+    lanes = math.isqrt(len(bucket_ptr) - 1)
+    n_steps = -(-int(np.diff(bucket_ptr).max(initial=0)) // block) * lanes
+    return [n_steps * k // parts for k in range(parts + 1)]
