@@ -1,12 +1,15 @@
 """The training loop: user and item tables, a loss of their distances, Adagrad, unit-ball clip.
 
 The losses (:mod:`.losses`: triplet with the hardest of U candidates and the WARP weight,
-contrastive with many negatives, sampled softmax) are each one rule of the distances that both
-loops follow:
+contrastive with many negatives, sampled softmax) are each one rule of the distances that every
+loop follows:
 
 - the torch loop, on any device: per batch the negatives are drawn under ``no_grad`` (the fused
   Triton sampler on CUDA for the triplet loss), the rule gives the coefficients and autograd the
   distances' gradients (:func:`.losses.surrogate`), a sparse Adagrad step updates the rows;
+- the fused Triton loop (backend "triton": CUDA, or the interpreter), the torch loop's epoch with
+  each step two kernels (sampler, rule, gradients, Adagrad, clip; :mod:`.sampling.triton_train`)
+  and no autograd, for element-wise Adagrad and uniform per-pair negatives;
 - the fused CPU loop (numba: :mod:`.sampling.cpu_train` for the triplet loss,
   :mod:`.sampling.cpu_many` for the others): per batch, the triplet negatives are chosen against
   the batch-start tables, then the pairs are applied one by one, in ``lanes`` parallel streams
@@ -14,7 +17,7 @@ loops follow:
   positive's stratum); the same seed and lanes give the same model on any thread count. Used on
   CPU for Adagrad (element-wise or row-wise) without the covariance term.
 
-At batch size 1 both loops make the same updates (``tests/test_loss_equivalence.py``).
+At batch size 1 the torch and CPU loops make the same updates (``tests/test_loss_equivalence.py``).
 """
 
 from __future__ import annotations
@@ -450,10 +453,15 @@ class Trainer:
             _warm_start(model, *init[:2])
         model = model.to(dev)
         backend = sampling.resolve_backend(cfg.backend, dev)
-        fused_cpu = (backend == "cpu" and cfg.optimizer in ("adagrad", "adagrad_row")
-                     and cfg.cov_weight == 0)
-        epoch_fn, loop_state = (self._fused_cpu_epoch if fused_cpu else self._torch_epoch)(
-            model, rows, backend)
+        adagrad = cfg.optimizer in ("adagrad", "adagrad_row") and cfg.cov_weight == 0
+        if backend == "cpu" and adagrad:
+            loop, build = "fused-cpu", self._fused_cpu_epoch
+        elif (backend == "triton" and adagrad and cfg.optimizer == "adagrad"
+              and cfg.sampler == "uniform" and not cfg.shared_negatives):
+            loop, build = "fused-triton", self._fused_triton_epoch
+        else:
+            loop, build = f"torch+{backend}", self._torch_epoch
+        epoch_fn, loop_state = build(model, rows, backend)
         accumulators = _accumulators(model, loop_state)
         if init is not None and len(init) == 4 and accumulators is not None:
             for acc, given in zip(accumulators, init[2:], strict=True):
@@ -461,8 +469,7 @@ class Trainer:
         user_tables = [model.users.weight.data] + ([] if accumulators is None
                                                    else [accumulators[0]])
 
-        result = TrainResult(np.empty(0), np.empty(0), loop="fused-cpu" if fused_cpu
-                             else f"torch+{backend}")
+        result = TrainResult(np.empty(0), np.empty(0), loop=loop)
         best, best_state, waited = -1.0, None, 0
         tail = _TailMean(model, cfg.average_last)
         start, stopped = 0, False
@@ -590,6 +597,31 @@ class Trainer:
                     shared=cfg.shared_negatives, margin=cfg.margin,
                     negative_weight=cfg.negative_weight, temperature=cfg.temperature, **common)
             return loss_sum / max(len(pairs), 1), int(active)
+
+        return run, {"user_acc": user_acc, "item_acc": item_acc}
+
+    def _fused_triton_epoch(self, model: CML, train: sp.csr_matrix, backend: str):
+        """The torch loop's epoch with its step fused in two Triton kernels (sampler, loss rule,
+        gradients, Adagrad, clip; :mod:`.sampling.triton_train`): same pairs, order and draws."""
+        from .sampling import triton_train
+
+        cfg = self.config
+        dev = model.users.weight.device
+        pair_users, pair_items = (torch.as_tensor(a, device=dev) for a in self._pairs(train))
+        user_w, item_w = model.users.weight.data, model.items.weight.data
+        user_acc, item_acc = torch.zeros_like(user_w), torch.zeros_like(item_w)
+        fused = triton_train.FusedEpoch(
+            torch.as_tensor(train.indptr.astype(np.int64), device=dev),
+            torch.as_tensor(train.indices.astype(np.int32), device=dev), pair_users, pair_items,
+            user_w, item_w, user_acc, item_acc, batch_size=cfg.batch_size, loss=cfg.loss,
+            distance=cfg.distance, n_negatives=self.n_negatives, margin=cfg.margin,
+            rank_weight=cfg.rank_weight, negative_weight=cfg.negative_weight,
+            temperature=cfg.temperature, lr=cfg.lr, clip_norm=cfg.clip_norm, seed=cfg.seed)
+        self.merge = ItemMerge(self.group, item_w, item_acc, cfg.clip_norm)
+
+        def run(epoch: int) -> tuple[float, int]:
+            perm = torch.as_tensor(self._permutation(len(pair_users), epoch), device=dev)
+            return fused(epoch, perm, self.merge, self.group.syncs)
 
         return run, {"user_acc": user_acc, "item_acc": item_acc}
 
