@@ -215,11 +215,17 @@ def _write(t, view: torch.Tensor, values: torch.Tensor) -> None:
 
 
 def _share_cores(local_ranks: int) -> None:
-    """The CPU loop's threads: this machine's cores divided among its ranks."""
+    """The CPU loop's threads: this machine's cores divided among its ranks. Numba launches its
+    pool on first use; a pool larger than the threads used keeps idle threads spinning, which
+    took a rank's core from the other (epochs 4x slower with 2 ranks on 2 cores): so fewer are
+    launched when they are not yet."""
     try:
         import numba
+        from numba.np.ufunc import parallel
     except ImportError:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
-                                     (cores or 1) // max(local_ranks, 1))))
+    n = max(1, (cores or 1) // max(local_ranks, 1))
+    if not getattr(parallel, "_is_initialized", True):
+        numba.config.NUMBA_NUM_THREADS = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
