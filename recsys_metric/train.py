@@ -437,13 +437,13 @@ class Trainer:
             rows = train = train.tocsr()
             rows.sort_indices()
         self._again = again
-        # this rank's rows of the users' table (all of them on one process)
-        entry_rows = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
-        self._rows = self.group.row_range(
-            np.bincount(entry_rows, minlength=rows.shape[0])
-            + (0 if again is None else np.bincount(entry_rows[again], minlength=rows.shape[0])))
-        del entry_rows
-        self.n_pairs = len(self._pairs(rows)[0])
+        # this rank's rows of the users' table (all of them on one process), by pairs per row
+        pairs_per_row = np.diff(rows.indptr)
+        if again is not None:  # the row of entry e: the last indptr <= e
+            pairs_per_row = pairs_per_row + np.bincount(
+                np.searchsorted(rows.indptr, again, side="right") - 1, minlength=rows.shape[0])
+        self._rows = self.group.row_range(pairs_per_row)
+        self.n_pairs = int(pairs_per_row[slice(*self._rows)].sum())
         dev = resolve_device(cfg.device)
         self.n_negatives = cfg.negatives_for(n_items)
         gen = torch.Generator().manual_seed(cfg.seed)
