@@ -73,8 +73,7 @@ class Group:
             raise ValueError(f"--distributed needs torchrun's environment ({', '.join(missing)} "
                              "unset): run it as torchrun --nproc_per_node=N --no-python "
                              "recsys-metric train ... --distributed")
-        cuda = device in ("auto", "cuda") and torch.cuda.is_available() or device.startswith(
-            "cuda")
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if cuda:
             torch.cuda.set_device(local)
