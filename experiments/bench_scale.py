@@ -21,9 +21,10 @@ million = the median epoch's seconds / (interactions in the CSV / 1e6) (the mean
 fastest are kept: on a shared machine an epoch slows when another process takes a core); per
 million pairs divides by the pairs an epoch visits instead (every train pair, the items'
 context rows, and the latest 10% of each row twice more: about 2.2x the interactions with the
-defaults). The child also records, per epoch, the sampler's choice between the positives'
-bit-set and sorted lists (its 64 MiB budget; ``--bitset-budget`` changes it, a what-if), as
-the lists cost about 3x per pair.
+defaults). The child also records, per epoch, the sampler's form of the positives: an exact
+bit row per user and stratum within its 128 MiB budget, else sorted lists with a filter per row
+within the same budget (``strata.stratum_rows``; ``--bitset-budget`` changes it, a what-if),
+as past the bit rows a pair costs about 2x (``results/epoch_scale.md``).
 
     python experiments/bench_scale.py --sizes 1000000,5000000,25000000
     python experiments/bench_scale.py --sizes 100000,300000 --md /tmp/s.md --json /tmp/s.json
@@ -57,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GB = 1e9
 TARGETS = {"linear": 1.3, "fit_s_25m": 900.0, "peak_gb_25m": 6.0}
+BUDGET = 128 << 20  # recsys_metric.sampling.cpu.BITSET_BUDGET_BYTES (the parent imports none)
 
 
 # -- the child: one size, one fresh process -------------------------------------------------------
@@ -88,12 +90,16 @@ def child(csv: str, overrides: dict, popularity: bool, bitset_budget: int | None
 
     if bitset_budget is not None:  # a what-if: the positives' bit-set budget of the sampler
         cpu.BITSET_BUDGET_BYTES = bitset_budget
-    bitsets = []  # per epoch: bytes of the positives' bit-set, 0 where sorted lists were used
+    # per epoch: bytes of the positives' exact bit rows, 0 where sorted lists were used; and
+    # of the lists' filters (one word per row: ``bits.shape[1] == 1``), 0 where none
+    bitsets, filters = [], []
     stratum_rows = strata.stratum_rows
 
     def spy(*args):  # the sampler's choice, recorded (plan_epoch calls it once per epoch)
         sptr, spos, bits = stratum_rows(*args)
-        bitsets.append(int(bits.nbytes) if bits.shape[0] else 0)
+        exact = bits.shape[0] > 0 and bits.shape[1] > 1
+        bitsets.append(int(bits.nbytes) if exact else 0)
+        filters.append(0 if exact else int(bits.nbytes))
         return sptr, spos, bits
 
     strata.stratum_rows = spy
@@ -128,6 +134,7 @@ def child(csv: str, overrides: dict, popularity: bool, bitset_budget: int | None
     out["config"] = config.to_dict()
     out["epochs"] = [h["seconds"] for h in model.history_]
     out["epoch_bitset_bytes"] = bitsets if len(bitsets) == len(out["epochs"]) else None
+    out["epoch_filter_bytes"] = filters if len(filters) == len(out["epochs"]) else None
     out["pairs_per_epoch"] = round(model.history_[0]["triplets_per_s"]
                                    * model.history_[0]["seconds"])
     out["index"] = model.index_kind_
@@ -179,9 +186,9 @@ def run_size(n: int, workdir: Path, seed: int, overrides: dict, popularity: bool
 def derive(r: dict) -> dict:
     """The figures of a run computed from what the child measured. Epoch seconds per million
     use the median epoch (the mean and the fastest are kept beside): on a shared machine an
-    epoch whose two lanes lose a core takes up to 2x as long. The epochs whose positives
-    bit-set passed the sampler's budget (64 MiB), and so searched sorted lists, are timed
-    apart (``lists``): 2.3-3.6x as long per pair."""
+    epoch whose two lanes lose a core takes up to 2x as long. The epochs whose positives' bit
+    rows passed the sampler's budget (``BUDGET``), and so searched sorted lists (with filters
+    since the budget became 128 MiB), are timed apart (``lists``): about 2x as long per pair."""
     ep = np.array(r["epochs"])
     n, pairs = r["size"] / 1e6, r["pairs_per_epoch"] / 1e6
     bits = r.get("epoch_bitset_bytes")
@@ -194,6 +201,7 @@ def derive(r: dict) -> dict:
             "epoch_s_per_million_min": float(ep.min() / n),
             "epoch_s_per_million_pairs": float(np.median(ep) / pairs),
             "lists_epochs": len(lists), "bitset_bytes_max": max(bits) if bits else None,
+            "filter_bytes_max": max(r.get("epoch_filter_bytes") or [0]),
             "epoch_s_bitset": float(np.median(fast)) if len(fast) else None,
             "epoch_s_lists": float(np.median(lists)) if len(lists) else None,
             "fit_other_s": r["stages"]["fit"]["seconds"] - float(ep.sum()),
@@ -205,7 +213,8 @@ def derive(r: dict) -> dict:
 #   32 T: the train Interactions (int32 item, float32 value, float64 time, int64 file row: 24)
 #         and the pull's float64 weights (8)
 #   13 E: the rows trained, CSR (int32 index + float32 value) and a latest flag (9); the
-#         positives by item stratum each epoch (4; a bit-set instead while it fits 64 MiB)
+#         positives by item stratum each epoch (4; bit rows instead while they fit the
+#         budget, or filters of the lists beside them within it: at most BUDGET, added)
 #   8 (P - E): the revisited entries (int64)
 #   12 P: the epoch's pairs (2 x int32) and each epoch's visiting order (int32)
 # and per row of the two tables (users + a context row per item, items): 13 float32 rows of
@@ -225,13 +234,14 @@ def memory_model(r: dict) -> dict:
     e = p / (REVISIT_SHARE if cfg["recent_share"] and cfg["recent_visits"] > 1 else 1.0)
     per_pair = PER_T * t + PER_E * e + PER_REVISIT * (p - e) + PER_P * p
     rows = row * (user_rows + r["n_items"])
+    filters = max(r.get("epoch_filter_bytes") or [0])  # the lists' filters, within BUDGET
     fit = r["stages"]["fit"]
     ev = r["stages"]["evaluate"]
     cells = min(1024, r["cml"]["users"]) * r["n_items"]
     return {"per_row": row, "user_rows": user_rows, "item_rows": r["n_items"],
             "per_interaction": per_pair / r["size"], "pairs_gb": per_pair / GB,
-            "rows_gb": rows / GB, "predicted_fit_peak_gb": (r["baseline_rss"] + per_pair
-                                                            + rows) / GB,
+            "rows_gb": rows / GB, "filters_gb": filters / GB,
+            "predicted_fit_peak_gb": (r["baseline_rss"] + per_pair + rows + filters) / GB,
             "fit_peak_gb": fit["peak"] / GB,
             "data_per_interaction": (fit["rss_before"] - r["baseline_rss"]) / r["size"],
             "eval_bytes_per_score": (ev["peak"] - ev["rss_before"]) / cells}
@@ -253,7 +263,7 @@ def estimate(runs: list[dict], n: int) -> dict:
     per_epoch = b["epoch_s"]
     out = {"fit_s_median": k * (b["fit_other_s"] + epochs * per_epoch), "bitset_gb": bitset / GB}
     lists = [r for r in runs if r.get("epoch_s_lists")]
-    if bitset > 64 << 20 and lists:
+    if bitset > BUDGET and lists:
         r = lists[-1]
         per_epoch = r["epoch_s_lists"] / r["pairs_per_epoch"] * b["pairs_per_epoch"]
     out["fit_s"] = k * (b["fit_other_s"] + epochs * per_epoch)
@@ -295,14 +305,15 @@ def report(runs: list[dict], args, overrides: dict, notes: str = "") -> str:
         "process: `read_ratings`, `leave_last_out`, `Recommender().fit` with the defaults, "
         "`evaluate_ranking` (full ranking, k=10, no AUC), then popularity's evaluation. Epoch s: "
         "the median epoch (mean; fastest), as the epochs of two lanes slow up to 2x whenever "
-        "other work takes a core, and those whose positives' bit-set passes the sampler's 64 "
-        "MiB budget search sorted lists instead (counted apart). Peak: the process's `VmHWM`, "
+        "other work takes a core, and those whose positives' bit rows pass the sampler's 128 "
+        "MiB budget search sorted lists with filters instead (counted apart). Peak: the "
+        "process's `VmHWM`, "
         "reset before each stage (the largest of read, split, fit and evaluate); GB = 10^9 "
         "bytes.",
         "",
         "| interactions | users | items | generate s | read s | split s | fit s | epoch s "
         "| **s / M interactions** | s / M pairs | pairs / epoch | fit outside epochs s | "
-        "evaluate s | epochs on sorted lists (median s) | peak GB: read / split / fit / "
+        "evaluate s | epochs past the bit rows (median s) | peak GB: read / split / fit / "
         "evaluate | **peak GB** | load |",
         "|" + "---:|" * 17,
     ]
@@ -367,7 +378,9 @@ def report(runs: list[dict], args, overrides: dict, notes: str = "") -> str:
         f"{REVISIT_SHARE}), in bytes: **{PER_T} T + {PER_E} E + {PER_REVISIT} (P - E) + "
         f"{PER_P} P**, about 85 per interaction with the defaults (train pairs and the pull's "
         "weights 32 T; rows trained and a latest flag 9 E, positives by stratum 4 E; revisits "
-        "8; the epoch's pairs 8 P and visiting order 4 P), and per row of its two tables "
+        "8; the epoch's pairs 8 P and visiting order 4 P), the sorted lists' filters where "
+        "the positives' bit rows pass the sampler's budget (at most 128 MiB: measured per "
+        "epoch), and per row of its two tables "
         f"(a row per user plus a context row per item; a row per item) **{ROWS_PER_TABLE_ROW} "
         "float32 rows of dim 64 = 3,328 B** (weights, Adagrad accumulators, the 5 epochs' "
         "copies averaged at the end, and the average's float64 sum, term and result), above "
@@ -375,14 +388,16 @@ def report(runs: list[dict], args, overrides: dict, notes: str = "") -> str:
         "All computed from the code; the measured fit peak checks it. The evaluation adds a "
         "batch of 1,024 users x the catalogue, in bytes per score (measured).",
         "", "| interactions | baseline GB | B per interaction (computed) | user + context rows "
-        "| item rows | rows GB (computed) | fit peak GB: predicted / measured | train + test "
+        "| item rows | rows GB (computed) | filters GB | fit peak GB: predicted / measured "
+        "| train + test "
         "B per interaction (measured) | evaluation B per score (measured) |",
-        "|" + "---:|" * 9]
+        "|" + "---:|" * 10]
     for r in runs:
         mm = r["memory"]
         lines.append(_cells(
             f"{r['size']:,}", f"{r['baseline_rss'] / GB:.2f}", f"{mm['per_interaction']:.0f}",
             f"{mm['user_rows']:,}", f"{mm['item_rows']:,}", f"{mm['rows_gb']:.3f}",
+            f"{mm.get('filters_gb', 0):.3f}",
             f"{mm['predicted_fit_peak_gb']:.2f} / {mm['fit_peak_gb']:.2f}",
             f"{mm['data_per_interaction']:.0f}", f"{mm['eval_bytes_per_score']:.0f}"))
     return "\n".join(lines) + "\n\n" + NOTES + "\n" + notes
@@ -402,8 +417,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="rewrite --md (and --json, when the same file) from the runs of a "
                          "scale.json, running nothing")
     ap.add_argument("--bitset-budget", type=int,
-                    help="what-if: the sampler's positives bit-set budget in bytes (package "
-                         "default 64 MiB; 0: the sorted lists that 25 M needs)")
+                    help="what-if: the sampler's budget in bytes for the positives' bit rows "
+                         "or filters (package default 128 MiB; 0: sorted lists alone)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     overrides = json.loads(args.config)

@@ -39,6 +39,16 @@ def no_bitset(monkeypatch):
     monkeypatch.setattr(cpu, "BITSET_BUDGET_BYTES", -1)
 
 
+def no_bits(m, per_pos):
+    """Within monkeypatch context ``m``: no exact bit rows, then the lists with filters of
+    ``per_pos`` (a ``_FILTER_BITS``) bits per positive, or alone (``None``)."""
+    if per_pos is None:
+        m.setattr(cpu, "BITSET_BUDGET_BYTES", -1)
+    else:  # the budget admits the filters (one row of words), never the bit rows
+        m.setattr(strata, "_bits_pay", lambda rows, words, nnz, n_draws: rows == 1)
+        m.setattr(strata, "_FILTER_BITS", per_pos)
+
+
 @pytest.fixture
 def threads():
     """Restore numba's thread count after a test that changes it."""
@@ -378,10 +388,11 @@ def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg, monkeypa
                                        lanes=lanes)
     assert got.shape == (4000, 20) and (got >= 0).all()
     assert (stratum_of[got] == stratum_of[pi][:, None]).all()  # the positive's stratum
-    with monkeypatch.context() as m:  # the stratum bit-set only changes the speed
-        m.setattr(cpu, "BITSET_BUDGET_BYTES", -1)
-        assert np.array_equal(got, strata.stratum_candidates(indptr, indices, pu, pi, n_items, 20,
-                                                             seed=3, epoch=1, lanes=lanes))
+    for per_pos in (None, (1,), (2,)):
+        with monkeypatch.context() as m:  # lists only, or coarse filters: only the speed
+            no_bits(m, per_pos)
+            assert np.array_equal(got, strata.stratum_candidates(
+                indptr, indices, pu, pi, n_items, 20, seed=3, epoch=1, lanes=lanes))
     for s in range(lanes):
         counts = np.bincount(got[stratum_of[pi] == s].ravel(), minlength=n_items)
         free = np.setdiff1d(items[ptr[s]:ptr[s + 1]], pos)
@@ -394,21 +405,51 @@ def test_stratum_candidates_uniform_over_the_stratum_non_positives(deg, monkeypa
     assert (other[0] >= 0).all() and (other[1] == -1).all()
 
 
-def test_select_free_is_the_rank_map_on_the_bit_set():
-    # the draw's exact fallback on a bit row: the j-th free position, as the sorted list's
-    # j + #{k : pos_k - k <= j} finds it, across word boundaries and for full words
-    rng = np.random.default_rng(0)
-    for width in (1, 63, 64, 65, 200):
-        words = (width + 63) // 64
-        for density in (0.0, 0.5, 0.95, 1.0):
-            taken = rng.random(width) < density
-            taken[rng.integers(width)] = False  # at least one free position
-            bits = np.zeros((2, words), np.uint64)
-            for j in np.flatnonzero(taken):
-                bits[1, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
-            free = np.flatnonzero(~taken)
-            got = [int(strata._select_free(bits, 1, np.int64(j))) for j in range(len(free))]
-            assert got == free.tolist()
+@numba.njit
+def answers(spos, sptr, bits, item_ptr):
+    """cpu._is_positive at every position of every row (r = u * L + s) of the strata."""
+    n_users, L = sptr.shape[0], sptr.shape[1] - 1
+    out = np.zeros(n_users * item_ptr[-1], np.bool_)
+    for u in range(n_users):
+        for s in range(L):
+            a = sptr[u, s]
+            for j in range(item_ptr[s + 1] - item_ptr[s]):
+                out[u * item_ptr[-1] + item_ptr[s] + j] = cpu._is_positive(
+                    spos, a, sptr[u, s + 1] - a, bits, u * L + s, np.int64(j))
+    return out
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_filters_answer_every_position_as_the_sorted_rows(lanes):
+    # the positives' filters: a clear bit answers "free", a set bit of an exact (shift 0) row
+    # "positive", the binary search the rest; whatever their resolution, every answer is the
+    # sorted rows', across word boundaries, for empty and full rows
+    rng = np.random.default_rng(lanes)
+    n_items = 1000
+    rows = [rng.choice(n_items, k, replace=False)
+            for k in (0, 1, 2, 5, 30, 100, 400, 999, n_items)]
+    indptr, indices = (t.numpy() for t in csr(rows, n_items))
+    items, ptr, _ = strata._strata(np.int64(n_items), np.int64(lanes), strata._stream_key(0, 0),
+                                   np.ones(n_items, np.int64))
+    sptr, spos, _ = strata._stratum_rows(indptr, indices, items, ptr, np.int64(0))
+    want = answers(spos, sptr, np.zeros((0, 1), np.int64), ptr)  # binary searches only
+    member = np.zeros((len(rows), n_items), bool)
+    for u, r in enumerate(rows):
+        member[u, r] = True
+    assert np.array_equal(want, member[:, items].ravel())
+    words = max(2, (int(np.diff(ptr).max()) + 63) // 64)
+    exact = strata._stratum_rows(indptr, indices, items, ptr, np.int64(words))
+    assert np.array_equal(exact[0], sptr)  # the bit rows alone, no lists
+    assert np.array_equal(answers(exact[1], sptr, exact[2].view(np.int64), ptr), want)
+    for per_pos in (1, 2, 16, 1 << 31):
+        bits = strata.filters(sptr, spos, ptr, per_pos)
+        assert bits.dtype == np.int64 and bits.shape == (
+            strata._filters_size(sptr, ptr, np.int64(per_pos)), 1)
+        shifts = bits[:len(rows) * lanes, 0] & 63
+        n_pos, size = np.diff(sptr, axis=1).ravel(), np.repeat(np.diff(ptr)[None], len(rows), 0)
+        assert (((size.ravel() - 1) >> shifts) + 1 <= np.maximum(64, per_pos * n_pos)).all()
+        assert (shifts[n_pos > 0] == 0).all() == (per_pos == 1 << 31)  # exact: every row
+        assert np.array_equal(answers(spos, sptr, bits, ptr), want), per_pos
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
@@ -429,6 +470,38 @@ def test_run_epoch_on_pairs_prepared_once_is_train_epoch(lanes):
     with pytest.raises(ValueError, match="tables of 79 users and 50 items, pairs of 80 and 50"):
         cpu_train.run_epoch(pairs, ue[1:].copy(), ie.copy(), np.zeros_like(ue[1:]),
                             np.zeros_like(ie), epoch=0, **kw)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_filters_only_change_the_speed_of_an_epoch(lanes, monkeypatch):
+    # exact bit rows (the default here), the lists with coarse filters (some rows then
+    # searched too), with fine ones, or alone: the same epochs, bit for bit
+    indptr, indices, pu, pi, ue, ie = toy_problem(seed=6, n_users=80, n_items=300, dim=8)
+    kw = dict(n_candidates=8, margin=0.5, lr=0.1, rank_weight=True, clip_norm=1.0, seed=2,
+              lanes=lanes, block_size=32, shuffle=True)
+    out = []
+    for form in ("bit rows", (1,), (64,), None):
+        with monkeypatch.context() as m:
+            if form != "bit rows":
+                no_bits(m, form)
+            pairs = cpu_train.prepare_pairs(indptr, indices, pu, pi, len(ue), len(ie))
+            n_draws = len(pairs) * kw["n_candidates"]
+            if lanes == 1:
+                bits = pairs.catalogue_bits(n_draws)
+            else:
+                plan = strata.plan_epoch(pairs, lanes, strata._stream_key(2, 0), True, 32,
+                                         n_draws)
+                bits = plan[-1]
+            assert bits.dtype == np.int64 and (bits.shape[0] > 0) == (form is not None)
+            assert (bits.shape[1] > 1) == (form == "bit rows")
+            if form == (1,):
+                assert (bits[:len(ue) * lanes, 0] & 63).any()  # coarse rows
+            tables = [ue.copy(), ie.copy(), np.zeros_like(ue), np.zeros_like(ie)]
+            res = [cpu_train.run_epoch(pairs, *tables, epoch=e, **kw) for e in range(2)]
+            out.append((res, tables))
+    for res, tables in out[1:]:
+        assert res == out[0][0]
+        assert all(np.array_equal(a, b) for a, b in zip(tables, out[0][1], strict=True))
 
 
 @pytest.mark.parametrize("rowwise", [False, True])

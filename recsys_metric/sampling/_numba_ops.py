@@ -5,7 +5,8 @@
 - the jit options ``_FM`` / ``_PAR``;
 - the counter-based RNG: ``_mix_py`` / ``_stream_key`` (Python side) and ``_hash`` (kernel side),
   ``_mulhi`` (hash to range by multiply-high);
-- LLVM intrinsics: prefetch, atomics on int64 arrays, ``sched_yield``, bit counts on uint64.
+- LLVM intrinsics: prefetch, atomics on int64 arrays, ``sched_yield``, bit counts on uint64;
+- ``overload``, for helpers decided when a kernel is typed (``cpu._filtered``).
 
 numba's on-disk cache only tracks the file a kernel is defined in: after editing this module (or
 the helpers in :mod:`.cpu`), clear ``recsys_metric/sampling/__pycache__`` while developing.
@@ -29,18 +30,21 @@ try:
     from llvmlite import ir
     from numba import njit, prange, types
     from numba.core import cgutils
-    from numba.extending import intrinsic
+    from numba.extending import intrinsic, overload
 
     HAS_NUMBA = True
 except ImportError:  # pragma: no cover - exercised in a subprocess test
     HAS_NUMBA = False
-    numba = None
+    numba = types = None
     prange = range
 
     def njit(*args, **kwargs):  # lets the kernels below be defined (never called) without numba
         return args[0] if args and callable(args[0]) else (lambda f: f)
 
     intrinsic = njit
+
+    def overload(func):  # the typing-time implementations below are then never used
+        return lambda impl: impl
 
 
 # fastmath minus "nnan"/"ninf": the kernels rely on inf/NaN behaving (an empty row, a diverged

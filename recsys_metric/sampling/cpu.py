@@ -8,7 +8,8 @@ specifics:
   are reproducible and do not depend on the number of threads or on how rows are chunked.
 - **Draw.** Up to ``_TRIES`` rejection draws of an item uniform over the whole catalogue (tested
   against a bit-set of the positives when it fits ``BITSET_BUDGET_BYTES``, else by binary search
-  in the row: same answer, only speed differs), then the reference's rejection-free map (``j``
+  in the row, which a training epoch speeds up with a filter per row, ``strata.stratum_rows``:
+  same answer, only speed differs), then the reference's rejection-free map (``j``
   uniform in ``[0, n_items - deg)``, ``j + #{k : p_k - k <= j}``). Each stage is exactly uniform
   over the non-positives, so the mixture is too; the bit-set makes a typical draw ~5x cheaper
   than the binary search, and the fallback bounds the cost for users with almost every item.
@@ -38,7 +39,9 @@ from ._numba_ops import (
     _sqdist_rows,
     _stream_key,
     njit,
+    overload,
     prange,
+    types,
 )
 from .reference import check_catalogue
 
@@ -46,8 +49,9 @@ __all__ = ["BITSET_BUDGET_BYTES", "HAS_NUMBA", "hardest_negatives", "sample_unif
 
 _sqdist32, _sqdist64, _sqdist128 = (_sqdist_rows(d) for d in (32, 64, 128))
 _TRIES = 4  # rejection draws before the rank map; a user with half the catalogue falls back 1/16
-# Largest positives bit-set (n_users x n_items bits) built to speed up the membership test.
-BITSET_BUDGET_BYTES = 64 << 20
+# Largest positives bit-set (n_users x n_items bits) built to speed up the membership test; in
+# the training epoch, largest bit rows or filters of the positives (strata.stratum_rows).
+BITSET_BUDGET_BYTES = 128 << 20
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -72,10 +76,60 @@ def _count_le(indices, start, deg, j, rank):
     return base + (1 if indices[start + base] - rank * base <= j else 0)
 
 
+def _filtered(bits):
+    """True for int64 ``bits``: the training epoch's positives (``strata.stratum_rows``: filters
+    one word wide, or bit rows of two words or more) rather than this module's bit-set by user
+    (uint64, :func:`_build_bits`). Decided when a kernel is typed: the kernels that may take
+    either (``cpu_many``'s draws) compile only the tests of their own."""
+    return bits.dtype == np.int64
+
+
+@overload(_filtered)
+def _filtered_typed(bits):
+    flag = bits.dtype == types.int64
+    return lambda bits: flag
+
+
+@njit(inline="always")
+def _filter_of(bits, row):
+    """``(first word, shift)`` of row ``row``'s filter in the filters ``bits``
+    (``strata._stratum_filters``: int64 ``[words, 1]``); ``(-1, 0)`` where ``bits`` holds none
+    (empty, or a bit row per row: ``[rows, >= 2]`` as int64, any width as uint64)."""
+    if bits.shape[0] == 0 or bits.shape[1] > 1 or not _filtered(bits):
+        return np.int64(-1), np.int64(0)
+    d = np.int64(bits[row, 0])
+    return d >> 6, d & 63
+
+
+@njit(inline="always")
+def _positive_at(indices, start, deg, bits, row, base, shift, j):
+    """Whether ``j`` is in the sorted row ``indices[start:start + deg]``: with a filter
+    ``(base, shift)`` from :func:`_filter_of`, a clear bit ``j >> shift`` says no at once (most
+    tests), a set bit of an exact filter (``shift`` 0) yes, else the binary search says; with
+    none, bit ``j`` of bit row ``row`` (``bits`` not empty) or the binary search."""
+    if base >= 0:
+        b = j >> shift
+        if ((np.int64(bits[base + (b >> 6), 0]) >> (b & 63)) & 1) == 0:
+            return False
+        if shift == 0:
+            return True
+    elif bits.shape[0] > 0:
+        return ((np.int64(bits[row, j >> 6]) >> (j & 63)) & 1) != 0
+    return _in_row(indices, start, deg, j)
+
+
 @njit(inline="always")
 def _is_positive(indices, start, deg, bits, u, item):
-    if bits.shape[0] > 0:
-        return (bits[u, item >> 6] >> np.uint64(item & 63)) & np.uint64(1) != 0
+    """Whether ``item`` is in the sorted row ``indices[start:start + deg]``: by bit row ``u`` of
+    a bit-set (uint64 ``bits``, or int64 of two words or more), by filter ``u`` of the filters
+    (int64, one word: ``strata._stratum_filters``), or by binary search (``bits`` empty)."""
+    base, shift = _filter_of(bits, u)
+    return _positive_at(indices, start, deg, bits, u, base, shift, item)
+
+
+@njit(inline="always")
+def _in_row(indices, start, deg, item):
+    """Whether ``item`` is in the sorted row ``indices[start:start + deg]`` (binary search)."""
     c = _count_le(indices, start, deg, item - 1, 0)
     return c < deg and indices[start + c] == item
 

@@ -444,9 +444,10 @@ def run_epoch(
         ``sync()`` called after each (data-parallel training merges the item rows there,
         :mod:`recsys_metric.distributed`). The ranges alone change nothing: the same tables.
 
-    Extra memory: the visiting order (4 B per pair), the positives by stratum (a bit-set of at
-    most ``BITSET_BUDGET_BYTES``, else 4 B per positive) and ``O(lanes * block_size)``, whatever
-    U and dim.
+    Extra memory: the visiting order (4 B per pair), the positives by stratum (exact bit rows
+    of at most ``BITSET_BUDGET_BYTES``, else 4 B per positive plus their filters, again at most
+    ``BITSET_BUDGET_BYTES``: ``strata.stratum_rows``) and ``O(lanes * block_size)``, whatever U
+    and dim.
 
     Returns
     -------
