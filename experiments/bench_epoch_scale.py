@@ -48,6 +48,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_sampling import aligned  # noqa: E402  (a 64-byte aligned copy, as the Trainer's tables)
+
 DIM = 64
 
 
@@ -76,15 +79,6 @@ def prepare(n: int, cache: Path) -> dict:
                  U=cfg.negatives_for(rows.shape[1]))
     z = np.load(path)
     return {k: z[k] for k in z.files}
-
-
-def aligned(x: np.ndarray) -> np.ndarray:
-    """A 64-byte aligned copy, as the Trainer's torch tables."""
-    buf = np.empty(x.nbytes + 64, np.uint8)
-    off = -buf.ctypes.data % 64
-    out = buf[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
-    out[:] = x
-    return out
 
 
 def load(source: str, into: Path):
