@@ -201,7 +201,6 @@ def derive(r: dict) -> dict:
             "epoch_s_per_million_min": float(ep.min() / n),
             "epoch_s_per_million_pairs": float(np.median(ep) / pairs),
             "lists_epochs": len(lists), "bitset_bytes_max": max(bits) if bits else None,
-            "filter_bytes_max": max(r.get("epoch_filter_bytes") or [0]),
             "epoch_s_bitset": float(np.median(fast)) if len(fast) else None,
             "epoch_s_lists": float(np.median(lists)) if len(lists) else None,
             "fit_other_s": r["stages"]["fit"]["seconds"] - float(ep.sum()),
