@@ -130,6 +130,57 @@ def test_model_is_the_mean_of_the_last_epochs_tables(backend):
         TrainConfig(average_last=-1).validate()
 
 
+def test_tail_running_sum_is_the_copies_mean_bit_for_bit_and_resumes(tmp_path):
+    """Without validation the tail keeps a float64 sum, not k copies: the same mean to the bit
+    as the copies', and a run stopped inside the tail resumes from its checkpoint to the tables
+    of an uninterrupted run."""
+    import torch
+
+    from recsys_metric import Trainer
+    from recsys_metric.model import CML
+    from recsys_metric.train import _TailMean
+
+    model = CML(50, 30, 8)
+    copies, running = _TailMean(model, 3, sliding=True), _TailMean(model, 3, sliding=False)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        with torch.no_grad():
+            for w in (model.users.weight, model.items.weight):
+                w.copy_(torch.rand(w.shape, generator=gen) * 1e3)  # wide: rounding would show
+        copies.add()
+        running.add()
+    assert len(running) == 3 and len(running.tables) == 0  # no copies held
+    old = _TailMean(model, 3, sliding=False)
+    old.load(list(copies.tables))  # a checkpoint written before the running sum
+    want = copies._mean()
+    for tail in (running, old):
+        tail.apply()
+        for w, mean in zip(tail._weights(), want, strict=True):
+            assert torch.equal(w, mean)
+
+    data = checkerboard(30, 20)
+    cfg = TrainConfig(**{**FAST, "epochs": 6, "average_last": 3, "seed": 4})
+    whole = Trainer(cfg, show_progress=False).fit(data.matrix)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(epoch, logs):  # after epoch 4's checkpoint, one epoch into the tail
+        if epoch == 5:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        Trainer(cfg, callbacks=[kill_at_5], show_progress=False).fit(data.matrix,
+                                                                    checkpoint=ckpt)
+    ran = []
+    resumed = Trainer(cfg, callbacks=[lambda epoch, logs: ran.append(epoch)],
+                      show_progress=False).fit(data.matrix, checkpoint=ckpt)
+    assert ran == [5, 6] and len(resumed.history) == 6  # resumed after epoch 4
+    assert np.array_equal(whole.user_embeddings, resumed.user_embeddings)
+    assert np.array_equal(whole.item_embeddings, resumed.item_embeddings)
+
+
 def test_validation_and_early_stopping_see_the_averaged_model():
     from recsys_metric import Trainer
     from recsys_metric.evaluation import evaluate_ranking
