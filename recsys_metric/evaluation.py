@@ -1,9 +1,11 @@
 """Full-ranking offline metrics (HR, NDCG, Recall, Precision, MAP, MRR, AUC, coverage, novelty).
 
 Every test user is ranked against the whole catalogue, minus the items that user has in train
-(see DESIGN.md, "Protocols"). Scores are processed in batches of users with torch on the CPU, so
-an ML-1M-sized split (6040 users x 3706 items) evaluates in about two seconds on two CPU cores,
-plus the model's own scoring time.
+(see DESIGN.md, "Protocols"). Scores come in batches of users; with numba each row is ranked in
+one pass, in place (:mod:`recsys_metric.ranking`), else by the torch functions here (its
+reference); AUC, when asked for, compares a masked copy. An ML-1M-sized split (6040 users x 3706
+items) ranks in under half a second on two CPU cores, plus the model's own scoring time
+(``experiments/results/evaluation_speed.md``).
 
 Ranking order is total and deterministic: higher score first, ties broken by the lower item
 index. The same order defines the top-K lists and the full rank used by MRR, so ``HR@K == 1``
@@ -18,6 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from .device import HAS_NUMBA
 
 
 class ScoresUsers(Protocol):
@@ -173,7 +177,8 @@ def evaluate_ranking(
     k : int or iterable of int
         Cut-offs; every metric ``METRIC@K`` is reported for each.
     batch_size : int
-        Users scored per batch. Peak memory is roughly ``batch_size * n_items * 16`` bytes.
+        Users scored per batch. Peak memory is roughly ``batch_size * n_items`` times the
+        model's bytes per score, plus 9 with AUC or without numba (a masked copy).
     auc : bool
         Compute ``AUC`` (a comparison of every test item with every negative: on a catalogue of
         25,000 items it took half the evaluation's time); False leaves it out (NaN), as the
@@ -236,6 +241,8 @@ def evaluate_ranking(
             out[f"{name}@{kk}"] = []
     covered = {kk: torch.zeros(n_items, dtype=torch.bool) for kk in ks}
 
+    if HAS_NUMBA:
+        from .ranking import rank_batch
     starts = range(0, len(users), batch_size)
     if show_progress:
         from tqdm.auto import tqdm
@@ -249,24 +256,29 @@ def evaluate_ranking(
             raise ValueError(
                 f"evaluate_ranking: score_users returned shape {raw.shape}, expected {(b, n_items)}"
             )
-        scores = torch.from_numpy(np.array(raw, dtype=np.float32))  # own copy: we write -inf
-        if torch.isnan(scores).any():
-            raise ValueError("evaluate_ranking: score_users returned NaN scores")
-        tr_r, tr_c = _batch_rows(train, u)
-        scores[tr_r, tr_c] = -torch.inf
-        te_r, te_c = _batch_rows(test, u)
-        is_test = torch.zeros((b, n_items), dtype=torch.bool)
-        is_test[te_r, te_c] = True
-        is_test[tr_r, tr_c] = False  # test items also in train are excluded: misses
         n_test = torch.from_numpy(n_test_all[u]).to(torch.float64)
+        if HAS_NUMBA:  # one pass per row, in place (recsys_metric.ranking)
+            vals, order, hit_sorted, rank = map(torch.from_numpy, rank_batch(
+                raw, train[u], test[u], kmax))
+        if auc or not HAS_NUMBA:  # a masked copy of the scores: AUC's input, the reference's
+            scores = torch.from_numpy(np.array(raw, dtype=np.float32))  # own copy: we write -inf
+            if torch.isnan(scores).any():
+                raise ValueError("evaluate_ranking: score_users returned NaN scores")
+            tr_r, tr_c = _batch_rows(train, u)
+            scores[tr_r, tr_c] = -torch.inf
+            te_r, te_c = _batch_rows(test, u)
+            is_test = torch.zeros((b, n_items), dtype=torch.bool)
+            is_test[te_r, te_c] = True
+            is_test[tr_r, tr_c] = False  # test items also in train are excluded: misses
+            if not HAS_NUMBA:
+                rank = _best_test_rank(scores, is_test)
+                vals, order = _top_k(scores, kmax)
+                # -inf entries only show up when a user has fewer than kmax candidates.
+                hit_sorted = is_test.gather(1, order) & torch.isfinite(vals)  # [b, kmax]
         out["AUC"].append(_auc(scores, is_test, (tr_r, tr_c), (te_r, te_c), n_test) if auc
                           else torch.full((b,), torch.nan, dtype=torch.float64))
-
-        rank = _best_test_rank(scores, is_test).to(torch.float64)
+        rank = rank.to(torch.float64)
         out["MRR"].append(torch.where(rank > 0, 1.0 / rank.clamp(min=1), 0.0))
-        vals, order = _top_k(scores, kmax)
-        # -inf entries only show up when a user has fewer than kmax candidates.
-        hit_sorted = is_test.gather(1, order) & torch.isfinite(vals)  # [b, kmax]
         hits = hit_sorted.to(torch.float64)
         cum = torch.cumsum(hits, 1)
         dcg = torch.cumsum(hits * disc, 1)

@@ -1,4 +1,5 @@
-"""Compile the fused CPU training kernels once, ahead of the first fit.
+"""Compile the fused CPU training kernels (and the evaluation's ranking kernel) once, ahead of
+the first fit.
 
 numba compiles the kernels on their first call (one to two minutes on two cores) and caches the
 machine code next to their source, so every later process starts at once. ``make install`` runs
@@ -36,8 +37,10 @@ def compile_notice(kernel) -> None:
 
 def warm() -> float:
     """Fit the default configuration for two epochs on a small generated log with timestamps
-    (so the context rows and the pull run too); returns the seconds it took."""
+    (so the context rows and the pull run too) and evaluate it (the ranking kernel); returns
+    the seconds it took."""
     from .data import Interactions
+    from .evaluation import evaluate_ranking
     from .train import TrainConfig, Trainer
 
     rng = np.random.default_rng(0)
@@ -47,7 +50,8 @@ def warm() -> float:
     data = Interactions.from_pairs(users.astype(str), items.astype(str),
                                    timestamps=np.arange(len(users), dtype=float))
     t0 = time.perf_counter()
-    Trainer(TrainConfig(epochs=2, average_last=0), show_progress=False).fit(data)
+    fitted = Trainer(TrainConfig(epochs=2, average_last=0), show_progress=False).fit(data)
+    evaluate_ranking(fitted, data.matrix, data.matrix, k=10, auc=False)  # the ranking kernel
     return time.perf_counter() - t0
 
 

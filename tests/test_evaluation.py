@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recsys_metric import evaluation
 from recsys_metric.evaluation import evaluate_ranking, popularity_rank
+
+
+@pytest.fixture(autouse=True, params=["numba", "torch"])
+def ranking_path(request, monkeypatch):
+    """Every test runs twice: ranking by recsys_metric.ranking's one-pass kernel, and by the
+    torch reference it replaces (what runs without numba)."""
+    if request.param == "torch":
+        monkeypatch.setattr(evaluation, "HAS_NUMBA", False)
+    return request.param
 
 
 class FixedScores:
