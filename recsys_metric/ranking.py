@@ -7,7 +7,8 @@ rank of the row's best test item (the same order). The torch functions of ``eval
 (``_top_k``, ``_best_test_rank``) compute the same from a masked copy of the scores in about a
 dozen passes over it; they stay as the fallback without numba and as the reference the tests
 compare with. Here a row is read once, in place (no copy, no mask matrix), rows in parallel:
-speed-ups in ``experiments/results/evaluation_speed.md``.
+4.3x faster on ML-1M's shape, 8.6x on 59,047 items, 28x with integer scores (popularity's
+ties) on 2 cores (``experiments/results/evaluation_speed.md``).
 """
 
 from __future__ import annotations
