@@ -37,12 +37,13 @@ def read_citeulike(path: Path, min_items: int = 5) -> Interactions:
 
 
 def validation_interactions(names: Iterable[str]) -> dict:
-    """``{name: (fit, valid)}`` Interactions of the data sets in DATASETS that are present:
+    """``{name: (fit, valid)}`` Interactions of the data sets in DATASETS (or paths of ratings
+    files, e.g. ``synthetic.py``'s) that are present:
     leave-last-out gives (train, test) and the test part is never read; leave-last-out of
     train gives (fit, valid), each user's latest train item held out."""
     out = {}
     for name in names:
-        path = DATASETS[name]
+        path = DATASETS.get(name, Path(name))  # a name of DATASETS, or a ratings file's path
         if not path.is_file():
             print(f"skip {name}: {path} not found", file=sys.stderr)
             continue
