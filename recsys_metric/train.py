@@ -328,7 +328,7 @@ class _TailMean:
     ``sliding`` (validation scores the mean after every epoch, so the oldest epoch leaves the
     window) keeps a copy of the tables per epoch; otherwise only the last ``k`` epochs are ever
     added, and a float64 running sum is kept instead: two float32 rows per table row, not
-    ``k`` copies and their mean's temporaries (0.5 GB at 25 M interactions), and the same mean
+    ``k`` copies and their mean's temporaries (0.65 GB at 25 M interactions), and the same mean
     to the bit (the same additions in the same order).
     """
 
