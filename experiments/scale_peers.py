@@ -33,8 +33,8 @@ ROOT = HERE.parent
 
 
 def child(csv: str, peers: list[str], seed: int, params: dict, validation: bool) -> dict:
-    from recsys_metric import leave_last_out, read_ratings
-    from recsys_metric.baselines import make_baseline, takes_seed
+    from recsys_metric import TrainConfig, leave_last_out, read_ratings
+    from recsys_metric.compare import fit_model
     from recsys_metric.evaluation import evaluate_ranking
 
     train, test = leave_last_out(read_ratings(csv))
@@ -43,8 +43,7 @@ def child(csv: str, peers: list[str], seed: int, params: dict, validation: bool)
     out: dict = {"n_users": train.n_users, "n_items": train.n_items, "peers": {}}
     for name in peers:
         t = time.perf_counter()
-        model = make_baseline(name, **({"seed": seed} if takes_seed(name) else {}),
-                              **params.get(name, {})).fit(train)
+        model = fit_model(name, train, TrainConfig(), seed, params=params.get(name))
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
         m = evaluate_ranking(model, train.matrix, test.matrix, k=(10,), auc=False)
@@ -76,19 +75,19 @@ def report(runs: list[dict], argv: list[str], validation: bool) -> str:
     ]
     for r in runs:
         c = {} if validation else cml.get(r["size"], {})  # scale.json's rows: the test split
-        rows = []
+        rows = []  # (model, HR@10, NDCG@10, fit s cell, load cell)
         if "cml" in c:
             rows.append(("CML (scale.json)", c["cml"]["HR@10"], c["cml"]["NDCG@10"],
-                         c["stages"]["fit"]["seconds"]))
+                         f"{c['stages']['fit']['seconds']:.0f}", "-"))
         if "popularity" in c:
             rows.append(("popularity (scale.json)", c["popularity"]["HR@10"],
-                         c["popularity"]["NDCG@10"], float("nan")))
-        rows += [(p, v["HR@10"], v["NDCG@10"], v["fit_s"]) for p, v in r["peers"].items()]
+                         c["popularity"]["NDCG@10"], "-", "-"))
         load = f"{r['load_before']:.1f}-{r['load_after']:.1f}"
-        for name, hr, ndcg, fit in rows:
+        rows += [(p, v["HR@10"], v["NDCG@10"], f"{v['fit_s']:.0f}", load)
+                 for p, v in r["peers"].items()]
+        for name, hr, ndcg, fit, at in rows:
             lines.append(f"| {r['size']:,} | {r['n_items']:,} | {name} | {hr:.4f} | {ndcg:.4f} "
-                         f"| {'-' if fit != fit else f'{fit:.0f}'} "
-                         f"| {'-' if 'scale.json' in name else load} |")
+                         f"| {fit} | {at} |")
     return "\n".join(lines) + "\n"
 
 
